@@ -1,0 +1,25 @@
+#include "common/test_util.h"
+
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <chrono>
+
+namespace tpcomm::test {
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+uint64_t fresh_seed() {
+  static std::atomic<uint64_t> counter{0};
+  const uint64_t t = static_cast<uint64_t>(std::chrono::high_resolution_clock::now().time_since_epoch().count());
+  return t ^ (0x9E3779B97F4A7C15ull * (++counter));
+}
+
+}  // namespace tpcomm::test
