@@ -1,0 +1,111 @@
+// tpcomm::Communicator: the ranks of one job, bootstrapped through NCCL, plus what tpcomm learned about the
+// node (peer access, NVLink, a real write-through-peer probe). NCCL stays underneath as the bootstrap, the
+// fallback for every op, and the path across nodes.
+//
+// Modes:
+//  * one process per GPU (main mode): create(rank, world, device, id), adopt(ncclComm_t) or from_env()
+//    (torchrun, mpirun, tpcomm-launch environments);
+//  * one process driving all local GPUs: create_local(devices) returns one Communicator per device; use each
+//    from its own thread (collectives on a communicator are called by that rank's thread, as with NCCL).
+#pragma once
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace tpcomm {
+
+struct CommOptions {
+  // Largest message (bytes) the two-shot all-reduce handles in one call (its workspace is 4x this).
+  std::size_t two_shot_max_bytes = std::size_t(64) << 20;
+  // Largest message the barrier one-shot handles (copy-in workspace 2x this).
+  std::size_t one_shot_max_bytes = std::size_t(8) << 20;
+  // Largest message of the barrier-free (flag-in-data) one-shot (workspace 3 * world * this).
+  std::size_t lamport_max_bytes = std::size_t(1) << 20;
+  // Device-side wait timeout in seconds (env TPCOMM_TIMEOUT_S overrides).
+  double timeout_s = 5.0;
+  // Every op through NCCL (env TPCOMM_FORCE_NCCL=1 or TPCOMM_DISABLE_P2P=1 set this too).
+  bool force_nccl = false;
+};
+
+// What the communicator found out about the ranks and the links between them.
+struct Topology {
+  int world_size = 1;
+  int nodes = 1;                  // distinct hosts
+  bool peer_access = false;       // cudaDeviceCanAccessPeer (or an IPC mapping) for every pair
+  bool nvlink = false;            // NVML reports NVLink P2P for every pair (false if NVML is missing)
+  bool nvml_available = false;
+  bool probe_ok = false;          // a value written through every peer mapping was read back by its owner
+  bool fast_path = false;         // tpcomm's own kernels are used
+  std::string reason;             // why fast_path is false (one line), empty otherwise
+};
+
+// Counters (per communicator): how often each path ran; "fallback" counts calls that wanted the fast path
+// but went to NCCL because the topology or an argument did not allow it.
+struct CommStats {
+  uint64_t fast_calls = 0;
+  uint64_t nccl_calls = 0;
+  uint64_t nccl_fallbacks = 0;
+  uint64_t copy_in_calls = 0;     // one-shot calls that copied the input into the workspace
+  uint64_t zero_copy_calls = 0;   // calls that read the caller's buffer directly (registered or pushed)
+};
+
+namespace detail {
+struct CommImpl;
+}
+
+class Communicator {
+ public:
+  // Creates rank `rank` of `world_size` on `device` from an ncclUniqueId made by one rank and shared.
+  static std::unique_ptr<Communicator> create(int rank, int world_size, int device, const ncclUniqueId& id,
+                                              const CommOptions& options = {});
+  // Adopts an existing NCCL communicator (not destroyed by tpcomm). The current device must be the comm's.
+  static std::unique_ptr<Communicator> adopt(ncclComm_t comm, const CommOptions& options = {});
+  // Reads RANK/WORLD_SIZE/LOCAL_RANK (torchrun), OMPI_COMM_WORLD_* (mpirun) or tpcomm-launch's variables;
+  // the device is LOCAL_RANK. Bootstrap: TPCOMM_NCCL_ID, else NCCL_COMM_ID (from MASTER_ADDR:MASTER_PORT+1).
+  static std::unique_ptr<Communicator> from_env(const CommOptions& options = {});
+  // One process, all given devices (rank i on devices[i]). Internally one thread per device performs the
+  // collective setup.
+  static std::vector<std::unique_ptr<Communicator>> create_local(const std::vector<int>& devices,
+                                                                 const CommOptions& options = {});
+
+  ~Communicator();  // never throws; logs if ops were still in flight (call destroy() to get the error)
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  // Frees everything. Throws kInvalidState if work enqueued by tpcomm on any stream has not finished
+  // (nothing is freed then: call again after synchronizing). Any later use throws kInvalidState.
+  void destroy();
+
+  int rank() const;
+  int world_size() const;
+  int device() const;
+  ncclComm_t nccl() const;
+  const Topology& topology() const;
+  bool fast_path() const { return topology().fast_path; }
+  const CommOptions& options() const;
+  CommStats stats() const;
+
+  // Throws the first device-side error (timeout naming the missing rank, size mismatch, ...) recorded by
+  // any tpcomm kernel of this communicator. Cheap (reads host-mapped memory); ops call it on entry.
+  void check() const;
+  // cudaStreamSynchronize(stream), then check().
+  void synchronize(cudaStream_t stream) const;
+
+  // Host-side all-gather of `bytes` per rank through NCCL (collective; used for handle exchange).
+  void host_all_gather(const void* send, void* recv, std::size_t bytes) const;
+  void host_barrier() const;
+
+  detail::CommImpl& impl() const;
+
+ private:
+  explicit Communicator(std::unique_ptr<detail::CommImpl> impl);
+  std::unique_ptr<detail::CommImpl> impl_;
+};
+
+}  // namespace tpcomm

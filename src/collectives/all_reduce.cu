@@ -1,0 +1,299 @@
+// Host side of the all-reduce: validation, algorithm choice, zero-copy registration, and the one place that
+// maps (dtype, op, algorithm) to kernel templates.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "collectives/all_reduce_kernels.cuh"
+#include "comm/comm_impl.h"
+#include "common/check.h"
+#include "symm/symm_impl.h"
+#include "tpcomm/all_reduce.h"
+#include "tpcomm/communicator.h"
+#include "tpcomm/log.h"
+
+namespace tpcomm {
+namespace {
+
+using detail::AllReduceParams;
+using detail::CommImpl;
+
+struct LaunchShape {
+  int threads = 512;
+  int max_blocks = 64;
+};
+
+// Launch shape: env overrides exist for tuning sweeps (TPCOMM_AR_THREADS, TPCOMM_AR_BLOCKS); every rank must
+// use the same values (the grid is part of the cross-rank protocol).
+LaunchShape launch_shape() {
+  static LaunchShape s = [] {
+    LaunchShape x;
+    if (const char* t = std::getenv("TPCOMM_AR_THREADS")) x.threads = std::clamp(std::atoi(t), 32, 512) / 32 * 32;
+    if (const char* b = std::getenv("TPCOMM_AR_BLOCKS")) x.max_blocks = std::clamp(std::atoi(b), 1, detail::kMaxBlocks);
+    return x;
+  }();
+  return s;
+}
+
+using KernelFn = void (*)(AllReduceParams);
+
+template <typename T, ReduceOp OP>
+KernelFn pick_algo(AllReduceAlgo algo) {
+  switch (algo) {
+    case AllReduceAlgo::kOneShotLL: return detail::all_reduce_one_shot_ll<T, OP>;
+    case AllReduceAlgo::kOneShot: return detail::all_reduce_one_shot<T, OP>;
+    case AllReduceAlgo::kTwoShot: return detail::all_reduce_two_shot<T, OP>;
+    default: break;
+  }
+  throw Error(ErrorCode::kInternal, "no kernel for algorithm " + std::string(all_reduce_algo_name(algo)));
+}
+
+template <typename T>
+KernelFn pick_op(ReduceOp op, AllReduceAlgo algo) {
+  switch (op) {
+    case ReduceOp::kSum: return pick_algo<T, ReduceOp::kSum>(algo);
+    case ReduceOp::kMax: return pick_algo<T, ReduceOp::kMax>(algo);
+    case ReduceOp::kMin: return pick_algo<T, ReduceOp::kMin>(algo);
+  }
+  throw Error(ErrorCode::kInvalidArgument, "op: unknown reduce op " + std::to_string(static_cast<int>(op)));
+}
+
+// The single runtime -> template mapping; anything outside {f32,f16,bf16} x {sum,max,min} x {ll,one,two}
+// fails here, loudly.
+KernelFn pick_kernel(DType dtype, ReduceOp op, AllReduceAlgo algo) {
+  switch (dtype) {
+    case DType::kFloat32: return pick_op<float>(op, algo);
+    case DType::kFloat16: return pick_op<__half>(op, algo);
+    case DType::kBFloat16: return pick_op<__nv_bfloat16>(op, algo);
+    default: break;
+  }
+  throw Error(ErrorCode::kInvalidArgument, std::string("dtype: ") + dtype_name(dtype) + " is not supported (f32, f16, bf16)");
+}
+
+std::size_t cap_of(const CommImpl& c, AllReduceAlgo a) {
+  switch (a) {
+    case AllReduceAlgo::kOneShotLL: return c.ll_cap;
+    case AllReduceAlgo::kOneShot: return c.one_cap;
+    case AllReduceAlgo::kTwoShot: return c.two_chunk_cap * static_cast<std::size_t>(c.world);
+    default: return ~std::size_t(0);
+  }
+}
+
+const char* cap_option(AllReduceAlgo a) {
+  switch (a) {
+    case AllReduceAlgo::kOneShotLL: return "CommOptions::lamport_max_bytes";
+    case AllReduceAlgo::kOneShot: return "CommOptions::one_shot_max_bytes";
+    default: return "CommOptions::two_shot_max_bytes";
+  }
+}
+
+bool capturing(cudaStream_t s) {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  return cudaStreamIsCapturing(s, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone;
+}
+
+int new_reg_slot(CommImpl& c) {
+  if (c.next_reg_slot >= detail::kMaxRegSlots)
+    throw Error(ErrorCode::kUnsupported, "register_buffer: all " + std::to_string(detail::kMaxRegSlots) +
+                                             " zero-copy slots are in use");
+  return c.next_reg_slot++;
+}
+
+// Exchanges `ptrs` (one per entry, same order on all ranks) and fills the given RankData slots.
+void exchange_and_fill(const Communicator& comm, const std::vector<const void*>& ptrs, const std::vector<std::size_t>& bytes,
+                       const std::vector<int>& slots) {
+  CommImpl& c = comm.impl();
+  const int W = c.world;
+  int64_t n = static_cast<int64_t>(ptrs.size());
+  std::vector<int64_t> counts(W);
+  comm.host_all_gather(&n, counts.data(), sizeof(n));
+  for (int q = 0; q < W; ++q)
+    if (counts[q] != n)
+      throw Error(ErrorCode::kMismatch, "register: rank " + std::to_string(q) + " registers " + std::to_string(counts[q]) +
+                                            " buffers, rank " + std::to_string(c.rank) + " " + std::to_string(n));
+  if (n == 0) return;
+  std::vector<detail::ExportedRange> mine(n), all(static_cast<std::size_t>(n) * W);
+  for (int64_t i = 0; i < n; ++i) mine[i] = detail::export_range(ptrs[i], bytes[i]);
+  comm.host_all_gather(mine.data(), all.data(), sizeof(detail::ExportedRange) * n);
+  std::vector<detail::RankData> rd(n);
+  for (int64_t i = 0; i < n; ++i) {
+    std::memset(&rd[i], 0, sizeof(detail::RankData));
+    for (int q = 0; q < W; ++q) {
+      const auto& e = all[static_cast<std::size_t>(q) * n + i];
+      void* base = c.map_peer_allocation(q, e.handle, e.base, e.pid, nullptr);
+      rd[i].ptrs[q] = static_cast<const char*>(base) + e.offset;
+    }
+    rd[i].ptrs[c.rank] = ptrs[i];
+  }
+  for (int64_t i = 0; i < n; ++i)
+    TPCOMM_CUDA_CHECK(cudaMemcpy(c.d_regs + slots[i], &rd[i], sizeof(detail::RankData), cudaMemcpyHostToDevice));
+}
+
+const detail::Registration* find_registration(const CommImpl& c, const void* p, std::size_t bytes) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  for (const auto& r : c.registrations)
+    if (a >= r.begin && a + bytes <= r.end) return &r;
+  return nullptr;
+}
+
+}  // namespace
+
+AllReduceAlgo resolve_all_reduce(const Communicator& comm, std::size_t bytes, AllReduceAlgo requested) {
+  const CommImpl& c = comm.impl();
+  if (requested == AllReduceAlgo::kNccl) return requested;
+  if (requested != AllReduceAlgo::kAuto) {
+    if (!c.topo.fast_path)
+      throw Error(ErrorCode::kUnsupported, std::string("algo: ") + all_reduce_algo_name(requested) +
+                                               " needs peer memory, unavailable here: " + c.topo.reason);
+    if (bytes > cap_of(c, requested))
+      throw Error(ErrorCode::kInvalidArgument, "count: " + std::to_string(bytes) + " bytes exceed the " +
+                                                   all_reduce_algo_name(requested) + " workspace of " +
+                                                   std::to_string(cap_of(c, requested)) + " bytes (" + cap_option(requested) + ")");
+    return requested;
+  }
+  static const AllReduceTable table = default_all_reduce_table(c.world);
+  return select_all_reduce(table, bytes, c.topo.fast_path, cap_of(c, AllReduceAlgo::kOneShotLL),
+                           cap_of(c, AllReduceAlgo::kOneShot), cap_of(c, AllReduceAlgo::kTwoShot));
+}
+
+AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* output, std::size_t count, DType dtype,
+                         ReduceOp op, cudaStream_t stream, const AllReduceOptions& options) {
+  CommImpl& c = comm.impl();
+  c.ensure_usable("all_reduce");
+  comm.check();
+  if (dtype != DType::kFloat32 && dtype != DType::kFloat16 && dtype != DType::kBFloat16)
+    throw Error(ErrorCode::kInvalidArgument, std::string("dtype: ") + dtype_name(dtype) + " is not supported (f32, f16, bf16)");
+  if (op != ReduceOp::kSum && op != ReduceOp::kMax && op != ReduceOp::kMin)
+    throw Error(ErrorCode::kInvalidArgument, "op: unknown reduce op " + std::to_string(static_cast<int>(op)));
+  if (count == 0) return options.algo;
+  TPCOMM_ARG_CHECK(input != nullptr, "input", "null pointer");
+  TPCOMM_ARG_CHECK(output != nullptr, "output", "null pointer");
+  const std::size_t esize = dtype_size(dtype);
+  TPCOMM_ARG_CHECK(reinterpret_cast<uintptr_t>(input) % esize == 0, "input",
+                   "not aligned to its element size (" + std::to_string(esize) + " bytes)");
+  TPCOMM_ARG_CHECK(reinterpret_cast<uintptr_t>(output) % esize == 0, "output",
+                   "not aligned to its element size (" + std::to_string(esize) + " bytes)");
+  const std::size_t bytes = count * esize;
+  const bool overlap = reinterpret_cast<uintptr_t>(input) < reinterpret_cast<uintptr_t>(output) + bytes &&
+                       reinterpret_cast<uintptr_t>(output) < reinterpret_cast<uintptr_t>(input) + bytes;
+  TPCOMM_ARG_CHECK(!overlap || input == output, "output", "partially overlaps input (in place needs output == input)");
+
+  AllReduceAlgo algo = resolve_all_reduce(comm, bytes, options.algo);
+  if (options.zero_copy) {
+    if (options.algo != AllReduceAlgo::kOneShot)
+      throw Error(ErrorCode::kInvalidArgument, "zero_copy: only the pinned one_shot algorithm reads peers' buffers directly");
+    TPCOMM_ARG_CHECK(input != output, "output", "zero-copy one-shot cannot run in place (peers still read the input)");
+    TPCOMM_ARG_CHECK(reinterpret_cast<uintptr_t>(input) % 16 == 0, "input", "zero-copy needs a 16-byte aligned input");
+  }
+
+  if (algo == AllReduceAlgo::kNccl) {
+    if (!c.topo.fast_path && options.algo == AllReduceAlgo::kAuto) {
+      c.nccl_fallbacks++;
+      if (!c.logged_fallback) {
+        c.logged_fallback = true;
+        log(LogLevel::kWarn, "all_reduce runs through NCCL on rank " + std::to_string(c.rank) + ": " + c.topo.reason);
+      }
+    }
+    TPCOMM_NCCL_CHECK(ncclAllReduce(input, output, count, detail::to_nccl(dtype, "dtype"), detail::to_nccl(op, "op"),
+                                    c.nccl, stream));
+    c.nccl_calls++;
+    c.note_enqueued(stream);
+    return algo;
+  }
+
+  const KernelFn kernel = pick_kernel(dtype, op, algo);
+  AllReduceParams p{};
+  p.input = input;
+  p.output = output;
+  p.count = count;
+  p.nvec = (bytes + 15) / 16;
+  p.rank = c.rank;
+  p.world = c.world;
+  p.size_tag = static_cast<uint32_t>(bytes);
+  p.in_aligned = reinterpret_cast<uintptr_t>(input) % 16 == 0;
+  p.out_aligned = reinterpret_cast<uintptr_t>(output) % 16 == 0;
+  p.peer_ws = reinterpret_cast<char* const*>(c.ws->device_peer_ptrs());
+  p.state = c.d_state;
+  p.bar.peer_flags = reinterpret_cast<uint64_t* const*>(c.ws->device_peer_signal_pads());
+  p.bar.my_flags = reinterpret_cast<uint64_t*>(c.ws->local_signal_pad());
+  p.bar.rank = c.rank;
+  p.bar.world_size = c.world;
+  p.bar.max_ranks = detail::kMaxRanks;
+  p.sync = c.sync_ctx();
+  switch (algo) {
+    case AllReduceAlgo::kOneShotLL: p.off = c.off_ll; p.cap = c.ll_cap; break;
+    case AllReduceAlgo::kOneShot: p.off = c.off_one; p.cap = c.one_cap; break;
+    default: p.off = c.off_two; p.cap = c.two_chunk_cap; break;
+  }
+  if (options.zero_copy) {
+    const detail::Registration* r = find_registration(c, input, bytes);
+    if (r) {
+      p.reg = c.d_regs + r->slot;
+      p.reg_offset = reinterpret_cast<uintptr_t>(input) - r->begin;
+    } else if (c.capture_depth > 0 && capturing(stream)) {
+      const int slot = new_reg_slot(c);
+      c.pending_graph.emplace_back(input, slot);
+      p.reg = c.d_regs + slot;
+      p.reg_offset = 0;
+    } else {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "input: not registered for zero-copy (call register_buffer(), or capture inside a GraphCapture scope)");
+    }
+    c.zero_copy_calls++;
+  } else if (algo == AllReduceAlgo::kOneShot) {
+    c.copy_in_calls++;
+  } else {
+    c.zero_copy_calls++;  // barrier-free one-shot and two-shot push the caller's buffer directly
+  }
+
+  const LaunchShape shape = launch_shape();
+  const std::size_t work = algo == AllReduceAlgo::kTwoShot ? (p.nvec + c.world - 1) / c.world : p.nvec;
+  int blocks = static_cast<int>(std::min<std::size_t>(shape.max_blocks, (work + shape.threads - 1) / shape.threads));
+  blocks = std::max(blocks, 1);
+  kernel<<<blocks, shape.threads, 0, stream>>>(p);
+  TPCOMM_CUDA_CHECK(cudaGetLastError());
+  c.fast_calls++;
+  c.note_enqueued(stream);
+  return algo;
+}
+
+void register_buffer(const Communicator& comm, void* ptr, std::size_t bytes) {
+  CommImpl& c = comm.impl();
+  c.ensure_usable("register_buffer");
+  TPCOMM_ARG_CHECK(ptr != nullptr, "ptr", "null pointer");
+  TPCOMM_ARG_CHECK(bytes > 0, "bytes", "must be positive");
+  if (!c.topo.fast_path)
+    throw Error(ErrorCode::kUnsupported, "register_buffer: peer memory is unavailable: " + c.topo.reason);
+  std::lock_guard<std::mutex> lock(c.mu);
+  const int slot = new_reg_slot(c);
+  exchange_and_fill(comm, {ptr}, {bytes}, {slot});
+  detail::Registration r{reinterpret_cast<uintptr_t>(ptr), reinterpret_cast<uintptr_t>(ptr) + bytes, slot};
+  c.registrations.push_back(r);
+}
+
+GraphCapture::GraphCapture(const Communicator& comm) : comm_(comm) {
+  comm.impl().ensure_usable("GraphCapture");
+  comm.impl().capture_depth++;
+}
+GraphCapture::~GraphCapture() { comm_.impl().capture_depth--; }
+
+void register_graph_buffers(const Communicator& comm) {
+  CommImpl& c = comm.impl();
+  c.ensure_usable("register_graph_buffers");
+  std::lock_guard<std::mutex> lock(c.mu);
+  std::vector<const void*> ptrs;
+  std::vector<std::size_t> bytes;
+  std::vector<int> slots;
+  for (auto& [p, s] : c.pending_graph) {
+    ptrs.push_back(p);
+    bytes.push_back(1);
+    slots.push_back(s);
+  }
+  exchange_and_fill(comm, ptrs, bytes, slots);
+  c.pending_graph.clear();
+}
+
+}  // namespace tpcomm

@@ -1,0 +1,345 @@
+// All-reduce kernels over the communicator's symmetric workspace. Framework-free: raw pointers, sizes and
+// one params struct (passed __grid_constant__). Host dispatch: all_reduce.cu.
+//
+// Shared invariants
+//  * Work unit = one 16-byte vector of the message (V = 16 / sizeof(T) elements); the last vector may be
+//    partial. Unaligned caller pointers are read/written element by element (same results, slower).
+//  * Reduction: fp32 accumulation over ranks 0..W-1 in that fixed order, one rounding at the end, on the
+//    rank(s) that own a vector. All ranks therefore produce bitwise identical results.
+//  * Mapping: vector v is handled by the same (block, thread) on every rank (grid-stride with identical
+//    grids), which is what lets per-block barriers order the data a block touches.
+//  * Workspace halves (one-shot copy-in, two-shot) alternate with ArState::seq parity. Reusing a half two
+//    launches later is safe because launch k+1 on this rank only passes its first barrier after every peer
+//    has started launch k+1, i.e. finished launch k on its own stream.
+//  * ArState is read by every block at the start and written by the last block at the end.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "comm/comm_impl.h"
+#include "tpcomm/device/sync.cuh"
+#include "tpcomm/types.h"
+
+namespace tpcomm::detail {
+
+struct AllReduceParams {
+  const void* input;
+  void* output;
+  std::size_t count;      // elements
+  std::size_t nvec;       // 16-byte vectors (ceil)
+  int rank;
+  int world;
+  uint32_t size_tag;      // byte count mod 2^32, compared in the barriers
+  bool in_aligned;        // input 16-byte aligned
+  bool out_aligned;       // output 16-byte aligned
+  char* const* peer_ws;   // [world] workspace data bases
+  std::size_t off;        // offset of the algorithm's region in the workspace data
+  std::size_t cap;        // one-shot: bytes per half; two-shot: bytes per chunk; barrier-free: bytes per slot
+  const RankData* reg;    // zero-copy one-shot: peers' input pointers (nullptr = copy-in)
+  std::size_t reg_offset; // bytes from each registered pointer to this call's input
+  ArState* state;
+  device::BlockBarrier bar;
+  device::SyncContext sync;
+};
+
+// ---- element helpers ---------------------------------------------------------------------------------
+template <typename T> __device__ __forceinline__ float to_float(T x);
+template <> __device__ __forceinline__ float to_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ float to_float<__half>(__half x) { return __half2float(x); }
+template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+template <typename T>
+union Vec {
+  static constexpr int kN = 16 / sizeof(T);
+  uint4 u;
+  T e[kN];
+};
+
+template <typename T>
+__device__ __forceinline__ uint4 load_vec(const T* base, std::size_t v, std::size_t count, bool aligned) {
+  constexpr int N = Vec<T>::kN;
+  const std::size_t e0 = v * N;
+  if (aligned && e0 + N <= count) return *reinterpret_cast<const uint4*>(base + e0);
+  Vec<T> r;
+  r.u = make_uint4(0, 0, 0, 0);
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+    if (e0 + i < count) r.e[i] = base[e0 + i];
+  return r.u;
+}
+
+template <typename T>
+__device__ __forceinline__ void store_vec(T* base, std::size_t v, std::size_t count, bool aligned, uint4 x) {
+  constexpr int N = Vec<T>::kN;
+  const std::size_t e0 = v * N;
+  if (aligned && e0 + N <= count) {
+    *reinterpret_cast<uint4*>(base + e0) = x;
+    return;
+  }
+  Vec<T> r;
+  r.u = x;
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+    if (e0 + i < count) base[e0 + i] = r.e[i];
+}
+
+__device__ __forceinline__ void st_v4(void* p, uint4 x) {
+  asm volatile("st.global.v4.b32 [%0], {%1,%2,%3,%4};" ::"l"(p), "r"(x.x), "r"(x.y), "r"(x.z), "r"(x.w) : "memory");
+}
+__device__ __forceinline__ uint4 ld_v4_volatile(const void* p) {
+  uint4 x;
+  asm volatile("ld.volatile.global.v4.b32 {%0,%1,%2,%3}, [%4];" : "=r"(x.x), "=r"(x.y), "=r"(x.z), "=r"(x.w) : "l"(p) : "memory");
+  return x;
+}
+// Peer data after an acquire: bypass L1 (cache at L2 only).
+__device__ __forceinline__ uint4 ld_v4_cg(const void* p) { return __ldcg(reinterpret_cast<const uint4*>(p)); }
+
+template <typename T, ReduceOp OP>
+struct Acc {
+  static constexpr int kN = Vec<T>::kN;
+  float a[kN];
+  __device__ __forceinline__ void set(uint4 x) {
+    Vec<T> v;
+    v.u = x;
+#pragma unroll
+    for (int i = 0; i < kN; ++i) a[i] = to_float(v.e[i]);
+  }
+  __device__ __forceinline__ void add(uint4 x) {
+    Vec<T> v;
+    v.u = x;
+#pragma unroll
+    for (int i = 0; i < kN; ++i) {
+      const float f = to_float(v.e[i]);
+      if constexpr (OP == ReduceOp::kSum) a[i] += f;
+      else if constexpr (OP == ReduceOp::kMax) a[i] = fmaxf(a[i], f);
+      else a[i] = fminf(a[i], f);
+    }
+  }
+  __device__ __forceinline__ uint4 get() const {
+    Vec<T> v;
+#pragma unroll
+    for (int i = 0; i < kN; ++i) v.e[i] = from_float<T>(a[i]);
+    return v.u;
+  }
+};
+
+// ---- launch bookkeeping -------------------------------------------------------------------------------
+// Called by every block at its end; the last block advances the shared counters. `ll_nvec` >= 0 marks a
+// barrier-free launch that used buffer ll_idx.
+__device__ __forceinline__ void finish_launch(const AllReduceParams& p, uint32_t epoch, int ll_idx, uint32_t ll_nvec) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    p.state->epochs[blockIdx.x] = epoch;
+    __threadfence();
+    const uint32_t done = atomicAdd(&p.state->done_blocks, 1u);
+    if (done == gridDim.x - 1) {
+      __threadfence();
+      p.state->done_blocks = 0;
+      p.state->seq += 1;
+      if (ll_idx >= 0) {
+        p.state->ll_used[(ll_idx + 2) % 3] = 0;  // cleared by this launch
+        p.state->ll_used[ll_idx] = ll_nvec;
+        p.state->ll_seq += 1;
+      }
+      __threadfence();
+    }
+  }
+}
+
+// ---- barrier-free one-shot (flag in data) -------------------------------------------------------------
+// Buffer layout per rank: 3 buffers x W slots x cap bytes; slot s holds rank s's message. Every 32-bit word
+// of an empty slot is 0x80000000; writers turn -0.0 inputs into +0.0 so no payload word can equal it (for
+// 16-bit types, a word would need a -0.0 in its upper half). Peers are at most one launch ahead (finishing
+// launch k needs everyone's data for k), so at launch k the buffer of launch k-1 is free to clear, and it
+// is clear again before anyone can reach launch k+2 and write into it.
+constexpr uint32_t kEmptyWord = 0x80000000u;
+
+template <typename T>
+__device__ __forceinline__ uint4 sanitize(uint4 x) {
+  uint32_t w[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (sizeof(T) == 4) {
+      if (w[i] == 0x80000000u) w[i] = 0;
+    } else {
+      if ((w[i] & 0xFFFFu) == 0x8000u) w[i] &= 0xFFFF0000u;
+      if ((w[i] >> 16) == 0x8000u) w[i] &= 0x0000FFFFu;
+    }
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+__device__ __forceinline__ bool vec_ready(uint4 x) {
+  return x.x != kEmptyWord && x.y != kEmptyWord && x.z != kEmptyWord && x.w != kEmptyWord;
+}
+
+template <typename T, ReduceOp OP>
+__global__ void __launch_bounds__(512) all_reduce_one_shot_ll(const __grid_constant__ AllReduceParams p) {
+  const uint32_t ll_seq = p.state->ll_seq;
+  const int idx = static_cast<int>(ll_seq % 3);
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const std::size_t buf_bytes = static_cast<std::size_t>(p.world) * p.cap;
+  const T* in = static_cast<const T*>(p.input);
+
+  // 1. Push my vectors into slot `rank` of buffer idx on every rank.
+  for (std::size_t v = tid; v < p.nvec; v += stride) {
+    const uint4 x = sanitize<T>(load_vec(in, v, p.count, p.in_aligned));
+    for (int q = 0; q < p.world; ++q) st_v4(p.peer_ws[q] + p.off + idx * buf_bytes + p.rank * p.cap + v * 16, x);
+  }
+  // 2. Poll my own buffer until every rank's vector arrived, reduce in rank order.
+  const char* mine = p.peer_ws[p.rank] + p.off + idx * buf_bytes;
+  bool ok = true;
+  for (std::size_t v = tid; v < p.nvec && ok; v += stride) {
+    Acc<T, OP> acc;
+    for (int q = 0; q < p.world; ++q) {
+      const char* src = mine + q * p.cap + v * 16;
+      uint4 x = ld_v4_volatile(src);
+      if (!vec_ready(x)) {
+        const uint64_t start = device::global_timer_ns();
+        for (uint32_t spin = 1;; ++spin) {
+          x = ld_v4_volatile(src);
+          if (vec_ready(x)) break;
+          if ((spin & 63u) == 0) {
+            if (device::aborted(p.sync)) { ok = false; break; }
+            if (device::global_timer_ns() - start > p.sync.timeout_ns) {
+              device::report_error(p.sync, device::kDevTimeout, q);
+              ok = false;
+              break;
+            }
+          }
+        }
+        if (!ok) break;
+      }
+      if (q == 0) acc.set(x);
+      else acc.add(x);
+    }
+    if (ok) store_vec(static_cast<T*>(p.output), v, p.count, p.out_aligned, acc.get());
+  }
+  // 3. Clear the previous launch's buffer (every slot, as many vectors as that launch wrote).
+  const int prev = (idx + 2) % 3;
+  const std::size_t prev_nvec = p.state->ll_used[prev];
+  char* prev_buf = p.peer_ws[p.rank] + p.off + prev * buf_bytes;
+  const uint4 empty = make_uint4(kEmptyWord, kEmptyWord, kEmptyWord, kEmptyWord);
+  for (std::size_t i = tid; i < prev_nvec * p.world; i += stride) {
+    const std::size_t slot = i / prev_nvec, v = i % prev_nvec;
+    st_v4(prev_buf + slot * p.cap + v * 16, empty);
+  }
+  finish_launch(p, p.state->epochs[blockIdx.x], idx, static_cast<uint32_t>(p.nvec));
+}
+
+// ---- one-shot with one barrier -------------------------------------------------------------------------
+// Copy-in: each block copies its vectors of the input into this rank's workspace half (seq parity), one
+// barrier, then reads the same vectors from every rank's half. Zero-copy (p.reg != nullptr): peers' inputs
+// are read directly; a second barrier keeps every rank's input alive until all peers have read it.
+template <typename T, ReduceOp OP>
+__global__ void __launch_bounds__(512) all_reduce_one_shot(const __grid_constant__ AllReduceParams p) {
+  const uint32_t seq = p.state->seq;
+  uint32_t epoch = p.state->epochs[blockIdx.x];
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const std::size_t half = p.off + (seq & 1u) * p.cap;
+  const T* in = static_cast<const T*>(p.input);
+
+  if (p.reg == nullptr) {
+    char* mine = p.peer_ws[p.rank] + half;
+    for (std::size_t v = tid; v < p.nvec; v += stride) st_v4(mine + v * 16, load_vec(in, v, p.count, p.in_aligned));
+  }
+  bool ok = device::block_barrier(p.sync, p.bar, ++epoch, p.size_tag);
+  if (ok && p.reg != nullptr) {
+    for (int q = 0; q < p.world; ++q)
+      if (threadIdx.x == 0 && p.reg->ptrs[q] == nullptr) device::report_error(p.sync, device::kDevNotRegistered, q);
+    ok = __syncthreads_and(!device::aborted(p.sync));
+  }
+  if (ok) {
+    for (std::size_t v = tid; v < p.nvec; v += stride) {
+      Acc<T, OP> acc;
+#pragma unroll 1
+      for (int q = 0; q < p.world; ++q) {
+        uint4 x;
+        if (p.reg != nullptr)  // aligned (checked on the host); the partial last vector goes element-wise
+          x = load_vec(reinterpret_cast<const T*>(static_cast<const char*>(p.reg->ptrs[q]) + p.reg_offset), v, p.count, true);
+        else
+          x = ld_v4_cg(p.peer_ws[q] + half + v * 16);
+        if (q == 0) acc.set(x);
+        else acc.add(x);
+      }
+      store_vec(static_cast<T*>(p.output), v, p.count, p.out_aligned, acc.get());
+    }
+    if (p.reg != nullptr) device::block_barrier(p.sync, p.bar, ++epoch, p.size_tag);
+  }
+  (void)seq;
+  finish_launch(p, epoch, -1, 0);
+}
+
+// ---- two-shot: reduce-scatter + all-gather, both pushed ------------------------------------------------
+// The message is split into W chunks of `chunk` vectors; rank r owns chunk r. Per parity half, each rank's
+// region holds W receive slots (one per source rank) and W gather slots (one per owner), `cap` bytes each.
+//  1. push chunk c of my input into slot[my rank] of rank c       barrier
+//  2. reduce my chunk from my W slots (local reads), write it to my output and push it into gather[r] of
+//     every peer                                                  barrier
+//  3. copy the other owners' chunks from my gather slots into my output.
+// Stores to peers are posted writes (NVLink), which move data faster than remote reads.
+template <typename T, ReduceOp OP>
+__global__ void __launch_bounds__(512) all_reduce_two_shot(const __grid_constant__ AllReduceParams p) {
+  const uint32_t seq = p.state->seq;
+  uint32_t epoch = p.state->epochs[blockIdx.x];
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const std::size_t W = static_cast<std::size_t>(p.world);
+  const std::size_t chunk = (p.nvec + W - 1) / W;
+  const std::size_t region = p.off + (seq & 1u) * 2 * W * p.cap;
+  const T* in = static_cast<const T*>(p.input);
+  T* out = static_cast<T*>(p.output);
+
+  for (std::size_t j = tid; j < chunk; j += stride) {
+#pragma unroll 1
+    for (int c = 0; c < p.world; ++c) {
+      const std::size_t v = c * chunk + j;
+      if (v < p.nvec) st_v4(p.peer_ws[c] + region + p.rank * p.cap + j * 16, load_vec(in, v, p.count, p.in_aligned));
+    }
+  }
+  bool ok = device::block_barrier(p.sync, p.bar, ++epoch, p.size_tag);
+  if (ok) {
+    const char* slots = p.peer_ws[p.rank] + region;
+    for (std::size_t j = tid; j < chunk; j += stride) {
+      const std::size_t v = p.rank * chunk + j;
+      if (v >= p.nvec) break;
+      Acc<T, OP> acc;
+#pragma unroll 1
+      for (int q = 0; q < p.world; ++q) {
+        const uint4 x = ld_v4_cg(slots + q * p.cap + j * 16);
+        if (q == 0) acc.set(x);
+        else acc.add(x);
+      }
+      const uint4 r = acc.get();
+      store_vec(out, v, p.count, p.out_aligned, r);
+      for (int q = 0; q < p.world; ++q)
+        if (q != p.rank) st_v4(p.peer_ws[q] + region + (W + p.rank) * p.cap + j * 16, r);
+    }
+    ok = device::block_barrier(p.sync, p.bar, ++epoch, p.size_tag);
+  }
+  if (ok) {
+    const char* gather = p.peer_ws[p.rank] + region + W * p.cap;
+    for (std::size_t j = tid; j < chunk; j += stride) {
+#pragma unroll 1
+      for (int c = 0; c < p.world; ++c) {
+        const std::size_t v = c * chunk + j;
+        if (c == p.rank || v >= p.nvec) continue;
+        store_vec(out, v, p.count, p.out_aligned, ld_v4_cg(gather + c * p.cap + j * 16));
+      }
+    }
+  }
+  finish_launch(p, epoch, -1, 0);
+}
+
+}  // namespace tpcomm::detail

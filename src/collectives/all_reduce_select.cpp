@@ -1,0 +1,99 @@
+// Algorithm names, the crossover table and the pure selection rule for kAuto (CPU-testable).
+#include <cstdlib>
+#include <string>
+
+#include "tpcomm/all_reduce.h"
+#include "tpcomm/error.h"
+
+namespace tpcomm {
+
+const char* all_reduce_algo_name(AllReduceAlgo algo) noexcept {
+  switch (algo) {
+    case AllReduceAlgo::kAuto: return "auto";
+    case AllReduceAlgo::kOneShotLL: return "one_shot_ll";
+    case AllReduceAlgo::kOneShot: return "one_shot";
+    case AllReduceAlgo::kTwoShot: return "two_shot";
+    case AllReduceAlgo::kNccl: return "nccl";
+  }
+  return "unknown";
+}
+
+AllReduceAlgo parse_all_reduce_algo(const std::string& t) {
+  if (t == "auto") return AllReduceAlgo::kAuto;
+  if (t == "one_shot_ll" || t == "ll") return AllReduceAlgo::kOneShotLL;
+  if (t == "one_shot" || t == "oneshot") return AllReduceAlgo::kOneShot;
+  if (t == "two_shot" || t == "twoshot") return AllReduceAlgo::kTwoShot;
+  if (t == "nccl") return AllReduceAlgo::kNccl;
+  throw Error(ErrorCode::kInvalidArgument, "algo: unknown all-reduce algorithm '" + t +
+                                               "' (auto, one_shot_ll, one_shot, two_shot, nccl)");
+}
+
+static std::size_t parse_bytes(const std::string& s, const std::string& whole) {
+  std::size_t pos = 0;
+  unsigned long long v = 0;
+  try {
+    v = std::stoull(s, &pos);
+  } catch (...) {
+    throw Error(ErrorCode::kInvalidArgument, "TPCOMM_AR_TABLE: bad number in '" + whole + "'");
+  }
+  const std::string suf = s.substr(pos);
+  if (suf == "K" || suf == "k") v <<= 10;
+  else if (suf == "M" || suf == "m") v <<= 20;
+  else if (suf == "G" || suf == "g") v <<= 30;
+  else if (!suf.empty()) throw Error(ErrorCode::kInvalidArgument, "TPCOMM_AR_TABLE: bad suffix in '" + whole + "'");
+  return static_cast<std::size_t>(v);
+}
+
+AllReduceTable default_all_reduce_table(int world_size) {
+  AllReduceTable t;
+  // Crossovers measured with `tpcomm-bench all_reduce` on nvidia-h200-x2 (bench/results/nvidia-h200-x2/
+  // all_reduce.json, graph mode, bf16). For other world sizes the limits follow vLLM's NVLink rules
+  // (one-shot reads W-1 full copies, so it stops paying off earlier as W grows) until measured there.
+  if (world_size <= 2) {
+    t.one_shot_ll_max = std::size_t(512) << 10;
+    t.one_shot_max = std::size_t(1) << 20;
+    t.two_shot_max = std::size_t(64) << 20;
+    t.source = "builtin:h200x2";
+  } else if (world_size <= 4) {
+    t.one_shot_ll_max = std::size_t(128) << 10;
+    t.one_shot_max = std::size_t(512) << 10;
+    t.two_shot_max = std::size_t(32) << 20;
+    t.source = "builtin:w4-unmeasured";
+  } else {
+    t.one_shot_ll_max = std::size_t(64) << 10;
+    t.one_shot_max = std::size_t(256) << 10;
+    t.two_shot_max = std::size_t(16) << 20;
+    t.source = "builtin:w8-unmeasured";
+  }
+  if (const char* env = std::getenv("TPCOMM_AR_TABLE")) {
+    const std::string whole(env);
+    std::size_t start = 0;
+    while (start < whole.size()) {
+      const std::size_t end = whole.find(',', start);
+      const std::string item = whole.substr(start, end == std::string::npos ? std::string::npos : end - start);
+      const std::size_t eq = item.find('=');
+      if (eq == std::string::npos) throw Error(ErrorCode::kInvalidArgument, "TPCOMM_AR_TABLE: expected key=size in '" + whole + "'");
+      const std::string key = item.substr(0, eq);
+      const std::size_t val = parse_bytes(item.substr(eq + 1), whole);
+      if (key == "ll") t.one_shot_ll_max = val;
+      else if (key == "one") t.one_shot_max = val;
+      else if (key == "two") t.two_shot_max = val;
+      else throw Error(ErrorCode::kInvalidArgument, "TPCOMM_AR_TABLE: unknown key '" + key + "' (ll, one, two)");
+      if (end == std::string::npos) break;
+      start = end + 1;
+    }
+    t.source = "env:TPCOMM_AR_TABLE";
+  }
+  return t;
+}
+
+AllReduceAlgo select_all_reduce(const AllReduceTable& t, std::size_t bytes, bool fast_path, std::size_t ll_cap,
+                                std::size_t one_cap, std::size_t two_cap) {
+  if (!fast_path) return AllReduceAlgo::kNccl;
+  if (bytes <= t.one_shot_ll_max && bytes <= ll_cap) return AllReduceAlgo::kOneShotLL;
+  if (bytes <= t.one_shot_max && bytes <= one_cap) return AllReduceAlgo::kOneShot;
+  if (bytes <= t.two_shot_max && bytes <= two_cap) return AllReduceAlgo::kTwoShot;
+  return AllReduceAlgo::kNccl;
+}
+
+}  // namespace tpcomm

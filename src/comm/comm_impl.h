@@ -1,0 +1,103 @@
+// Communicator internals shared by the communicator, symmetric memory and the collectives.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "comm/topology.h"
+#include "tpcomm/communicator.h"
+#include "tpcomm/device/sync_types.h"
+#include "tpcomm/symmetric_memory.h"
+#include "tpcomm/types.h"
+
+namespace tpcomm::detail {
+
+constexpr int kMaxBlocks = 128;          // barrier flag slots per rank (grid sizes never exceed this)
+constexpr int kMaxRegSlots = 8192;       // zero-copy pointer tables (RankData) per communicator
+constexpr std::size_t kSignalPadBytes = 64 * 1024;
+// Signal-pad layout of the all-reduce workspace (bytes from the pad start):
+constexpr std::size_t kPadFlagsOffset = 0;                                    // u64 [kMaxBlocks][kMaxRanks]
+constexpr std::size_t kPadProbeOffset = kMaxBlocks * kMaxRanks * sizeof(uint64_t);  // u32 [kMaxRanks]
+static_assert(kPadProbeOffset + kMaxRanks * sizeof(uint32_t) <= kSignalPadBytes, "signal pad too small");
+
+// Peer pointers of one zero-copy buffer, in device memory so captured graphs can read them after
+// register_graph_buffers() fills them in.
+struct RankData {
+  const void* ptrs[kMaxRanks];
+};
+
+// Per-communicator device state of the all-reduce kernels (local memory, zeroed at creation).
+// Written only by the last block of a launch (after every block has read it), so a launch reads a stable
+// value and the next launch on the stream sees the update.
+struct ArState {
+  uint32_t seq;          // completed tpcomm launches; parity selects the double-buffered half
+  uint32_t done_blocks;  // blocks of the current launch that finished
+  uint32_t ll_seq;       // completed barrier-free one-shot launches; %3 selects the buffer
+  uint32_t ll_used[3];   // 16-byte vectors per slot written into each barrier-free buffer (to clear)
+  uint32_t epochs[kMaxBlocks];  // barrier epochs per block index
+};
+
+struct Registration {
+  uintptr_t begin, end;  // local range
+  int slot;              // RankData slot
+};
+
+struct CommImpl {
+  int rank = 0, world = 1, device = 0;
+  ncclComm_t nccl = nullptr;
+  bool owns_nccl = false;
+  CommOptions opts;
+  Topology topo;
+  std::vector<RankInfo> ranks;
+
+  // host all-gather plumbing
+  cudaStream_t aux_stream = nullptr;
+  void* d_scratch = nullptr;
+  std::size_t scratch_bytes = 0;
+
+  // device error reporting
+  device::ErrorRecord* h_error = nullptr;  // pinned, mapped
+  device::ErrorRecord* d_error = nullptr;  // its device alias
+  uint32_t* d_abort = nullptr;
+  uint64_t timeout_ns = 5'000'000'000ull;
+
+  // all-reduce workspace
+  std::unique_ptr<SymmetricBuffer> ws;
+  std::size_t off_two = 0, off_one = 0, off_ll = 0;  // region offsets in the workspace data
+  std::size_t two_chunk_cap = 0, one_cap = 0, ll_cap = 0;
+  ArState* d_state = nullptr;
+  RankData* d_regs = nullptr;
+  int next_reg_slot = 0;
+  std::vector<Registration> registrations;                    // sorted by begin
+  std::map<std::pair<int, uintptr_t>, void*> opened;          // (peer, peer allocation base) -> mapped
+  std::vector<std::pair<const void*, int>> pending_graph;     // (local ptr, slot) captured but not exchanged
+  int capture_depth = 0;
+
+  // lifecycle
+  bool destroyed = false;
+  bool broken = false;
+  cudaEvent_t last_op = nullptr;
+  bool last_op_recorded = false;
+  mutable std::mutex mu;
+
+  std::atomic<uint64_t> fast_calls{0}, nccl_calls{0}, nccl_fallbacks{0}, copy_in_calls{0}, zero_copy_calls{0};
+  bool logged_fallback = false;
+
+  device::SyncContext sync_ctx() const { return {d_error, d_abort, timeout_ns}; }
+  void ensure_usable(const char* op) const;     // throws kInvalidState after destroy / timeout
+  void note_enqueued(cudaStream_t stream);      // records last_op when not capturing
+  void* map_peer_allocation(int peer, const cudaIpcMemHandle_t& h, uintptr_t peer_base, int peer_pid, void* peer_ptr);
+};
+
+// NCCL datatype/op for tpcomm's enums; throws kInvalidArgument naming `arg`.
+ncclDataType_t to_nccl(DType dtype, const char* arg);
+ncclRedOp_t to_nccl(ReduceOp op, const char* arg);
+
+}  // namespace tpcomm::detail
