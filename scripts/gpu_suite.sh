@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole GPU suite in one command, for a GPU machine: build (Release), run every test (CPU, one-process
+# GPU, multi-process GPU through tpcomm-launch), then every benchmark suite. Logs and JSON results go to
+# $OUT (the device tool's folder) or ./gpu_out. Extra arguments are passed to tpcomm-bench.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+OUTDIR=${OUT:-gpu_out}
+mkdir -p "$OUTDIR"
+BUILD=${TPCOMM_BUILD_DIR:-build-gpu}
+echo "== machine"; nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader; nvidia-smi topo -m 2>/dev/null | head -6
+echo "== build"
+if ! { cmake -S . -B "$BUILD" ${TPCOMM_CMAKE_GENERATOR:+-G "$TPCOMM_CMAKE_GENERATOR"} -DCMAKE_BUILD_TYPE=Release && \
+       cmake --build "$BUILD" -j "$(nproc)"; } > "$OUTDIR/build.log" 2>&1; then
+  grep -E "error|Error" "$OUTDIR/build.log" | head -30; echo "BUILD FAILED"; exit 1
+fi
+echo "build ok"
+echo "== tests"
+(cd "$BUILD" && ctest --output-on-failure --timeout "${TPCOMM_TEST_TIMEOUT:-400}") > "$OUTDIR/tests.log" 2>&1
+test_rc=$?
+grep -E "tests passed|Passed|Failed|Skipped|FAILED|\[rank|rank [0-9]|Test #|mixed all-reduces" "$OUTDIR/tests.log" | head -60
+if [ "${TPCOMM_SKIP_BENCH:-0}" != 1 ]; then
+  echo "== bench"
+  "$BUILD/tpcomm-bench" --out "$OUTDIR" "$@" > "$OUTDIR/bench.log" 2>&1
+  bench_rc=$?
+  grep -v "^  .* done$" "$OUTDIR/bench.log" | tail -80
+else
+  bench_rc=0
+fi
+echo "tests rc=$test_rc bench rc=$bench_rc"
+[ $test_rc -eq 0 ] && [ $bench_rc -eq 0 ]

@@ -1,0 +1,479 @@
+// Multi-process all-reduce tests (one process per GPU): every dtype, op and algorithm against a float64
+// reference and NCCL on fresh random data; bitwise equality across ranks; graph capture; long runs; the
+// forced-NCCL mode; timeouts; size mismatches; bad input.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "collectives/all_reduce_ref.h"
+#include "common/mp.h"
+#include "common/test_util.h"
+#include "tpcomm/tpcomm.h"
+
+using namespace tpcomm;
+using tpcomm::test::mp_comm;
+
+namespace {
+
+#define CUDA_OK(x) ASSERT_EQ((x), cudaSuccess) << #x
+
+struct DevBuf {
+  void* p = nullptr;
+  std::size_t bytes = 0;
+  explicit DevBuf(std::size_t n) : bytes(n) {
+    if (cudaMalloc(&p, n) != cudaSuccess) throw std::runtime_error("cudaMalloc");
+  }
+  ~DevBuf() { cudaFree(p); }
+  char* c() const { return static_cast<char*>(p); }
+};
+
+uint64_t shared_seed(const Communicator& comm) {
+  const uint64_t mine = tpcomm::test::fresh_seed();
+  std::vector<uint64_t> all(comm.world_size());
+  comm.host_all_gather(&mine, all.data(), sizeof(mine));
+  return all[0];
+}
+
+uint64_t fnv(const uint8_t* p, std::size_t n) {
+  uint64_t h = 1469598103934665603ull;
+  for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+bool same_on_all_ranks(const Communicator& comm, uint64_t v) {
+  std::vector<uint64_t> all(comm.world_size());
+  comm.host_all_gather(&v, all.data(), sizeof(v));
+  for (auto x : all)
+    if (x != all[0]) return false;
+  return true;
+}
+
+bool all_ranks_ok(const Communicator& comm, bool ok) {
+  int32_t v = ok ? 1 : 0;
+  std::vector<int32_t> all(comm.world_size());
+  comm.host_all_gather(&v, all.data(), sizeof(v));
+  for (auto x : all)
+    if (!x) return false;
+  return true;
+}
+
+struct Case {
+  DType dtype;
+  ReduceOp op;
+  AllReduceAlgo algo;
+  bool zero_copy;
+  std::size_t count;
+  bool in_place;
+  std::size_t offset;  // bytes added to both pointers (misaligns them by one element)
+  std::string str() const {
+    return std::string(dtype_name(dtype)) + " " + reduce_op_name(op) + " " + all_reduce_algo_name(algo) +
+           (zero_copy ? "(zero-copy)" : "") + " count=" + std::to_string(count) + (in_place ? " in-place" : " out-of-place") +
+           " offset=" + std::to_string(offset);
+  }
+};
+
+constexpr std::size_t kGuard = 256;
+
+// Runs one case and checks: every element within tolerance of the float64 reference, within 2x tolerance
+// of NCCL, guards around the output untouched, results bitwise identical on all ranks. Returns false when
+// the case cannot run with this configuration (pinned algorithm over its workspace), identically on all ranks.
+bool run_case(const Communicator& comm, const Case& c, cudaStream_t s) {
+  const int W = comm.world_size(), R = comm.rank();
+  const std::size_t es = dtype_size(c.dtype), bytes = c.count * es;
+  try {
+    (void)resolve_all_reduce(comm, bytes, c.algo);
+  } catch (const Error&) {
+    return false;
+  }
+  SCOPED_TRACE(c.str());
+  const uint64_t seed = shared_seed(comm);
+  std::vector<std::vector<uint8_t>> inputs(W);
+  for (int r = 0; r < W; ++r) inputs[r] = test::make_input(c.count, c.dtype, seed, r);
+  const std::vector<double> ref = test::reference_all_reduce(inputs, c.count, c.dtype, c.op);
+
+  const std::size_t total = kGuard + c.offset + bytes + kGuard;
+  DevBuf in(total), out(total), nccl_out(total);
+  std::vector<uint8_t> img_in(total, 0x5A), img_out(total, 0xFF);
+  std::memcpy(img_in.data() + kGuard + c.offset, inputs[R].data(), bytes);
+  EXPECT_EQ(cudaMemcpy(in.p, img_in.data(), total, cudaMemcpyHostToDevice), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(out.p, img_out.data(), total, cudaMemcpyHostToDevice), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(nccl_out.p, img_out.data(), total, cudaMemcpyHostToDevice), cudaSuccess);
+  char* in_ptr = in.c() + kGuard + c.offset;
+  char* out_ptr = c.in_place ? in_ptr : out.c() + kGuard + c.offset;
+
+  all_reduce(comm, in_ptr, nccl_out.c() + kGuard + c.offset, c.count, c.dtype, c.op, s, {AllReduceAlgo::kNccl, false});
+  if (c.zero_copy) register_buffer(comm, in.p, total);
+  const AllReduceAlgo ran = all_reduce(comm, in_ptr, out_ptr, c.count, c.dtype, c.op, s, {c.algo, c.zero_copy});
+  comm.synchronize(s);
+  if (c.algo != AllReduceAlgo::kAuto) EXPECT_EQ(ran, c.algo);
+
+  std::vector<uint8_t> got(total), ncl(total);
+  EXPECT_EQ(cudaMemcpy(got.data(), c.in_place ? in.p : out.p, total, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(ncl.data(), nccl_out.p, total, cudaMemcpyDeviceToHost), cudaSuccess);
+  const uint8_t guard_byte = c.in_place ? 0x5A : 0xFF;
+  std::size_t bad_guard = 0;
+  for (std::size_t i = 0; i < kGuard + c.offset; ++i) bad_guard += got[i] != guard_byte;
+  for (std::size_t i = kGuard + c.offset + bytes; i < total; ++i) bad_guard += got[i] != guard_byte;
+  EXPECT_EQ(bad_guard, 0u) << "bytes outside the output were written";
+  std::size_t bad = 0, bad_nccl = 0;
+  double worst = 0;
+  const uint8_t* res = got.data() + kGuard + c.offset;
+  const uint8_t* nres = ncl.data() + kGuard + c.offset;
+  for (std::size_t i = 0; i < c.count; ++i) {
+    const double x = test::load_element(res, i, c.dtype);
+    const double tol = test::all_reduce_tolerance(ref[i], c.dtype, W);
+    const double err = std::fabs(x - ref[i]);
+    if (!(err <= tol)) {
+      if (bad < 3) ADD_FAILURE() << "element " << i << ": got " << x << ", float64 reference " << ref[i];
+      ++bad;
+    }
+    worst = std::max(worst, std::isnan(err) ? INFINITY : err);
+    const double y = test::load_element(nres, i, c.dtype);
+    if (!(std::fabs(x - y) <= 2 * tol)) ++bad_nccl;
+  }
+  EXPECT_EQ(bad, 0u) << "worst error " << worst;
+  EXPECT_EQ(bad_nccl, 0u) << "elements differing from NCCL by more than the tolerance";
+  EXPECT_TRUE(same_on_all_ranks(comm, fnv(res, bytes))) << "results differ between ranks";
+  return true;
+}
+
+class AllReduceMatrix : public ::testing::TestWithParam<DType> {};
+
+TEST_P(AllReduceMatrix, EveryOpAlgorithmSizeLayout) {
+  Communicator& comm = mp_comm();
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  const DType dt = GetParam();
+  const std::size_t es = dtype_size(dt);
+  int ran = 0;
+  for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax, ReduceOp::kMin}) {
+    for (std::size_t count : {std::size_t(1), std::size_t(7), std::size_t(1023), (std::size_t(1) << 20) + 3}) {
+      for (AllReduceAlgo algo : {AllReduceAlgo::kAuto, AllReduceAlgo::kOneShotLL, AllReduceAlgo::kOneShot,
+                                 AllReduceAlgo::kTwoShot, AllReduceAlgo::kNccl}) {
+        for (bool zc : {false, true}) {
+          if (zc && algo != AllReduceAlgo::kOneShot) continue;
+          for (bool in_place : {false, true}) {
+            if (zc && in_place) continue;
+            for (std::size_t off : {std::size_t(0), es}) ran += run_case(comm, {dt, op, algo, zc, count, in_place, off}, s);
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(ran, 100);
+  cudaStreamDestroy(s);
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, AllReduceMatrix, ::testing::Values(DType::kBFloat16, DType::kFloat16, DType::kFloat32),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+TEST(AllReduce, FastPathIsOnOverNvlinkPeers) {
+  const Topology& t = mp_comm().topology();
+  EXPECT_TRUE(t.fast_path) << t.reason;
+  EXPECT_TRUE(t.probe_ok);
+  EXPECT_EQ(t.nodes, 1);
+}
+
+// Captures calls in a CUDA graph and replays with new data each time (copy-in and pushed algorithms).
+TEST(AllReduceGraph, CaptureAndReplayCopyIn) {
+  Communicator& comm = mp_comm();
+  const int W = comm.world_size(), R = comm.rank();
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  const std::size_t count = 70000 + 5;
+  const DType dt = DType::kBFloat16;
+  const std::size_t bytes = count * 2;
+  DevBuf in(bytes), outs(4 * bytes);
+  const AllReduceAlgo algos[4] = {AllReduceAlgo::kAuto, AllReduceAlgo::kOneShotLL, AllReduceAlgo::kOneShot, AllReduceAlgo::kTwoShot};
+  // warm-up outside capture
+  for (int a = 0; a < 4; ++a) all_reduce(comm, in.p, outs.c() + a * bytes, count, dt, ReduceOp::kSum, s, {algos[a], false});
+  comm.synchronize(s);
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int a = 0; a < 4; ++a) all_reduce(comm, in.p, outs.c() + a * bytes, count, dt, ReduceOp::kSum, s, {algos[a], false});
+  CUDA_OK(cudaStreamEndCapture(s, &g));
+  CUDA_OK(cudaGraphInstantiate(&ge, g, 0));
+  for (int round = 0; round < 3; ++round) {
+    const uint64_t seed = shared_seed(comm);
+    std::vector<std::vector<uint8_t>> inputs(W);
+    for (int r = 0; r < W; ++r) inputs[r] = test::make_input(count, dt, seed, r);
+    const auto ref = test::reference_all_reduce(inputs, count, dt, ReduceOp::kSum);
+    CUDA_OK(cudaMemcpy(in.p, inputs[R].data(), bytes, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemset(outs.p, 0xFF, 4 * bytes));
+    comm.host_barrier();
+    CUDA_OK(cudaGraphLaunch(ge, s));
+    comm.synchronize(s);
+    std::vector<uint8_t> got(4 * bytes);
+    CUDA_OK(cudaMemcpy(got.data(), outs.p, 4 * bytes, cudaMemcpyDeviceToHost));
+    for (int a = 0; a < 4; ++a) {
+      std::size_t bad = 0;
+      for (std::size_t i = 0; i < count; ++i)
+        bad += !(std::fabs(test::load_element(got.data() + a * bytes, i, dt) - ref[i]) <= test::all_reduce_tolerance(ref[i], dt, W));
+      EXPECT_EQ(bad, 0u) << all_reduce_algo_name(algos[a]) << " replay " << round;
+      EXPECT_TRUE(same_on_all_ranks(comm, fnv(got.data() + a * bytes, bytes)));
+    }
+  }
+  cudaGraphExecDestroy(ge);
+  cudaGraphDestroy(g);
+  cudaStreamDestroy(s);
+}
+
+// Zero-copy in a graph: pointers captured unregistered, registered after capture (vLLM's scheme).
+TEST(AllReduceGraph, ZeroCopyRegisteredAfterCapture) {
+  Communicator& comm = mp_comm();
+  const int W = comm.world_size(), R = comm.rank();
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  const std::size_t count = 300001;
+  const DType dt = DType::kFloat16;
+  const std::size_t bytes = count * 2;
+  DevBuf in(bytes + 64), out(bytes);
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  {
+    GraphCapture capture(comm);
+    CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+    all_reduce(comm, in.c() + 32, out.p, count, dt, ReduceOp::kSum, s, {AllReduceAlgo::kOneShot, true});
+    CUDA_OK(cudaStreamEndCapture(s, &g));
+  }
+  CUDA_OK(cudaGraphInstantiate(&ge, g, 0));
+  register_graph_buffers(comm);
+  for (int round = 0; round < 3; ++round) {
+    const uint64_t seed = shared_seed(comm);
+    std::vector<std::vector<uint8_t>> inputs(W);
+    for (int r = 0; r < W; ++r) inputs[r] = test::make_input(count, dt, seed, r);
+    const auto ref = test::reference_all_reduce(inputs, count, dt, ReduceOp::kSum);
+    CUDA_OK(cudaMemcpy(in.c() + 32, inputs[R].data(), bytes, cudaMemcpyHostToDevice));
+    CUDA_OK(cudaMemset(out.p, 0xFF, bytes));
+    comm.host_barrier();
+    CUDA_OK(cudaGraphLaunch(ge, s));
+    comm.synchronize(s);
+    std::vector<uint8_t> got(bytes);
+    CUDA_OK(cudaMemcpy(got.data(), out.p, bytes, cudaMemcpyDeviceToHost));
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < count; ++i)
+      bad += !(std::fabs(test::load_element(got.data(), i, dt) - ref[i]) <= test::all_reduce_tolerance(ref[i], dt, W));
+    EXPECT_EQ(bad, 0u) << "replay " << round;
+    EXPECT_TRUE(same_on_all_ranks(comm, fnv(got.data(), bytes)));
+  }
+  EXPECT_GE(comm.stats().zero_copy_calls, 1u);
+  cudaGraphExecDestroy(ge);
+  cudaGraphDestroy(g);
+  cudaStreamDestroy(s);
+}
+
+// 10,000 back-to-back calls, no host synchronization, sizes and algorithms changing every call (the case
+// where workspace reuse across differently-shaped launches would race), results checked at checkpoints.
+TEST(AllReduceStress, TenThousandMixedCallsNoHangNoDrift) {
+  Communicator& comm = mp_comm();
+  const int W = comm.world_size(), R = comm.rank();
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  const DType dt = DType::kBFloat16;
+  const std::size_t counts[4] = {4096, 32771, 524288, 1500007};
+  const AllReduceAlgo algos[4] = {AllReduceAlgo::kAuto, AllReduceAlgo::kOneShotLL, AllReduceAlgo::kOneShot, AllReduceAlgo::kTwoShot};
+  const uint64_t seed = shared_seed(comm);
+  std::vector<std::vector<double>> refs(4);
+  std::vector<std::unique_ptr<DevBuf>> ins, outs;
+  for (int k = 0; k < 4; ++k) {
+    std::vector<std::vector<uint8_t>> inputs(W);
+    for (int r = 0; r < W; ++r) inputs[r] = test::make_input(counts[k], dt, seed + k, r);
+    refs[k] = test::reference_all_reduce(inputs, counts[k], dt, ReduceOp::kSum);
+    ins.push_back(std::make_unique<DevBuf>(counts[k] * 2));
+    outs.push_back(std::make_unique<DevBuf>(counts[k] * 2 * 4));
+    CUDA_OK(cudaMemcpy(ins[k]->p, inputs[R].data(), counts[k] * 2, cudaMemcpyHostToDevice));
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  std::size_t bad_total = 0;
+  for (int it = 0; it < 10000; ++it) {
+    const int k = (it * 7 + it / 4) % 4;  // size changes every call
+    const int a = it % 4;                 // algorithm too
+    AllReduceAlgo algo = algos[a];
+    if (algo == AllReduceAlgo::kOneShotLL && counts[k] * 2 > comm.options().lamport_max_bytes) algo = AllReduceAlgo::kAuto;
+    all_reduce(comm, ins[k]->p, outs[k]->c() + a * counts[k] * 2, counts[k], dt, ReduceOp::kSum, s, {algo, false});
+    if (it % 2500 == 2499) {
+      comm.synchronize(s);
+      for (int kk = 0; kk < 4; ++kk) {
+        std::vector<uint8_t> got(counts[kk] * 2 * 4);
+        CUDA_OK(cudaMemcpy(got.data(), outs[kk]->p, got.size(), cudaMemcpyDeviceToHost));
+        for (int aa = 0; aa < 4; ++aa)
+          for (std::size_t i = 0; i < counts[kk]; i += 97)
+            bad_total += !(std::fabs(test::load_element(got.data() + aa * counts[kk] * 2, i, dt) - refs[kk][i]) <=
+                           test::all_reduce_tolerance(refs[kk][i], dt, W));
+        EXPECT_TRUE(same_on_all_ranks(comm, fnv(got.data(), got.size())));
+      }
+    }
+  }
+  comm.synchronize(s);
+  EXPECT_EQ(bad_total, 0u);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (R == 0) std::printf("10000 mixed all-reduces in %.2f s\n", secs);
+  cudaStreamDestroy(s);
+}
+
+TEST(AllReduceFallback, ForcedNcclModeGivesNcclResults) {
+  CommOptions o;
+  o.force_nccl = true;
+  auto comm = test::fresh_comm(o);
+  EXPECT_FALSE(comm->fast_path());
+  EXPECT_NE(comm->topology().reason.find("force_nccl"), std::string::npos) << comm->topology().reason;
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  EXPECT_TRUE(run_case(*comm, {DType::kBFloat16, ReduceOp::kSum, AllReduceAlgo::kAuto, false, 1023, false, 0}, s));
+  EXPECT_EQ(resolve_all_reduce(*comm, 8192), AllReduceAlgo::kNccl);
+  EXPECT_GE(comm->stats().nccl_fallbacks, 1u);
+  EXPECT_EQ(comm->stats().fast_calls, 0u);
+  DevBuf b(4096);
+  try {
+    all_reduce(*comm, b.p, b.p, 16, DType::kFloat32, ReduceOp::kSum, s, {AllReduceAlgo::kOneShot, false});
+    ADD_FAILURE() << "pinned one_shot ran without peer memory";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("algo"), std::string::npos) << e.what();
+  }
+  comm->synchronize(s);
+  comm->host_barrier();
+  cudaStreamDestroy(s);
+}
+
+// A rank that never joins: the others get kTimeout naming it, within the limit (for each algorithm).
+TEST(AllReduceTimeout, MissingRankIsNamedWithinTheLimit) {
+  for (AllReduceAlgo algo : {AllReduceAlgo::kOneShot, AllReduceAlgo::kOneShotLL, AllReduceAlgo::kTwoShot}) {
+    CommOptions o;
+    o.timeout_s = 1.0;
+    auto comm = test::fresh_comm(o);
+    const int W = comm->world_size(), R = comm->rank();
+    const int missing = W - 1;
+    cudaStream_t s;
+    CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    DevBuf b(1 << 20);
+    CUDA_OK(cudaMemset(b.p, 0, 1 << 20));
+    if (R != missing) {
+      const auto t0 = std::chrono::steady_clock::now();
+      all_reduce(*comm, b.p, b.c() + (1 << 19), 4096, DType::kBFloat16, ReduceOp::kSum, s, {algo, false});
+      try {
+        comm->synchronize(s);
+        ADD_FAILURE() << all_reduce_algo_name(algo) << ": no timeout although rank " << missing << " never joined";
+      } catch (const Error& e) {
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        EXPECT_EQ(e.code(), ErrorCode::kTimeout) << e.what();
+        EXPECT_NE(std::string(e.what()).find("rank " + std::to_string(missing)), std::string::npos) << e.what();
+        EXPECT_LT(secs, o.timeout_s + 2.0);
+      }
+      // The communicator is unusable afterwards, and says so.
+      EXPECT_THROW(all_reduce(*comm, b.p, b.p, 16, DType::kFloat32, ReduceOp::kSum, s), Error);
+    }
+    test::mp_comm().host_barrier();
+    cudaStreamDestroy(s);
+  }
+}
+
+TEST(AllReduceMismatch, DifferentSizesAcrossRanksAreReported) {
+  auto comm = test::fresh_comm();
+  const int R = comm->rank();
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  DevBuf b(1 << 20);
+  CUDA_OK(cudaMemset(b.p, 0, 1 << 20));
+  const std::size_t count = 8192 + (R == 0 ? 0 : 64);
+  all_reduce(*comm, b.p, b.c() + (1 << 19), count, DType::kBFloat16, ReduceOp::kSum, s, {AllReduceAlgo::kOneShot, false});
+  bool threw = false;
+  try {
+    comm->synchronize(s);
+  } catch (const Error& e) {
+    threw = true;
+    EXPECT_EQ(e.code(), ErrorCode::kMismatch) << e.what();
+  }
+  EXPECT_TRUE(threw);
+  test::mp_comm().host_barrier();
+  cudaStreamDestroy(s);
+}
+
+// Errors name the argument and write nothing.
+TEST(AllReduceBadInput, ErrorsNameTheArgumentAndWriteNothing) {
+  Communicator& comm = mp_comm();
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  DevBuf in(1 << 21), out(1 << 21);
+  CUDA_OK(cudaMemset(out.p, 0x77, 1 << 21));
+  auto expect_error = [&](const char* what, ErrorCode code, auto fn) {
+    try {
+      fn();
+      ADD_FAILURE() << "no error for " << what;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), code) << e.what();
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  expect_error("dtype", ErrorCode::kInvalidArgument,
+               [&] { all_reduce(comm, in.p, out.p, 16, DType::kFloat8E4M3, ReduceOp::kSum, s); });
+  expect_error("op", ErrorCode::kInvalidArgument,
+               [&] { all_reduce(comm, in.p, out.p, 16, DType::kBFloat16, static_cast<ReduceOp>(7), s); });
+  expect_error("input", ErrorCode::kInvalidArgument,
+               [&] { all_reduce(comm, nullptr, out.p, 16, DType::kBFloat16, ReduceOp::kSum, s); });
+  expect_error("output", ErrorCode::kInvalidArgument,
+               [&] { all_reduce(comm, in.p, nullptr, 16, DType::kBFloat16, ReduceOp::kSum, s); });
+  expect_error("input", ErrorCode::kInvalidArgument,
+               [&] { all_reduce(comm, in.c() + 1, out.p, 16, DType::kBFloat16, ReduceOp::kSum, s); });
+  expect_error("count", ErrorCode::kInvalidArgument, [&] {
+    all_reduce(comm, in.p, out.p, comm.options().lamport_max_bytes, DType::kBFloat16, ReduceOp::kSum, s,
+               {AllReduceAlgo::kOneShotLL, false});
+  });
+  expect_error("output", ErrorCode::kInvalidArgument, [&] {
+    all_reduce(comm, in.p, in.p, 16, DType::kBFloat16, ReduceOp::kSum, s, {AllReduceAlgo::kOneShot, true});
+  });
+  expect_error("input", ErrorCode::kInvalidArgument, [&] {
+    all_reduce(comm, in.p, out.p, 16, DType::kBFloat16, ReduceOp::kSum, s, {AllReduceAlgo::kOneShot, true});
+  });
+  expect_error("output", ErrorCode::kInvalidArgument,
+               [&] { all_reduce(comm, in.p, in.c() + 2, 64, DType::kBFloat16, ReduceOp::kSum, s); });
+  comm.synchronize(s);
+  std::vector<uint8_t> got(1 << 21);
+  CUDA_OK(cudaMemcpy(got.data(), out.p, got.size(), cudaMemcpyDeviceToHost));
+  std::size_t changed = 0;
+  for (auto b : got) changed += b != 0x77;
+  EXPECT_EQ(changed, 0u);
+  comm.host_barrier();
+  cudaStreamDestroy(s);
+}
+
+TEST(CommunicatorLifecycle, UseAfterDestroyAndDestroyInFlight) {
+  auto comm = test::fresh_comm();
+  const int R = comm->rank();
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  DevBuf b(1 << 20);
+  CUDA_OK(cudaMemset(b.p, 0, 1 << 20));
+  // Rank 0 enqueues a collective the others join 300 ms later: destroy() meanwhile must refuse.
+  if (R != 0) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  all_reduce(*comm, b.p, b.c() + (1 << 19), 4096, DType::kBFloat16, ReduceOp::kSum, s, {AllReduceAlgo::kOneShot, false});
+  if (R == 0) {
+    try {
+      comm->destroy();
+      ADD_FAILURE() << "destroy() succeeded with an all-reduce in flight";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidState) << e.what();
+    }
+  }
+  comm->synchronize(s);
+  test::mp_comm().host_barrier();
+  comm->destroy();
+  try {
+    all_reduce(*comm, b.p, b.p, 16, DType::kFloat32, ReduceOp::kSum, s);
+    ADD_FAILURE() << "use after destroy";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidState);
+    EXPECT_NE(std::string(e.what()).find("destroyed"), std::string::npos);
+  }
+  cudaStreamDestroy(s);
+}
+
+}  // namespace
