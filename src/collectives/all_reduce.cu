@@ -23,7 +23,7 @@ using detail::CommImpl;
 
 struct LaunchShape {
   int threads = 512;
-  int max_blocks = 64;
+  int max_blocks = 128;
 };
 
 // Launch shape: env overrides exist for tuning sweeps (TPCOMM_AR_THREADS, TPCOMM_AR_BLOCKS); every rank must
@@ -40,37 +40,53 @@ LaunchShape launch_shape() {
 
 using KernelFn = void (*)(AllReduceParams);
 
-template <typename T, ReduceOp OP>
+template <typename T, ReduceOp OP, int kW>
 KernelFn pick_algo(AllReduceAlgo algo) {
   switch (algo) {
-    case AllReduceAlgo::kOneShotLL: return detail::all_reduce_one_shot_ll<T, OP>;
-    case AllReduceAlgo::kOneShot: return detail::all_reduce_one_shot<T, OP>;
-    case AllReduceAlgo::kTwoShot: return detail::all_reduce_two_shot<T, OP>;
+    case AllReduceAlgo::kOneShotLL: return detail::all_reduce_one_shot_ll<T, OP, kW>;
+    case AllReduceAlgo::kOneShot: return detail::all_reduce_one_shot<T, OP, kW>;
+    case AllReduceAlgo::kTwoShot: return detail::all_reduce_two_shot<T, OP, kW>;
     default: break;
   }
   throw Error(ErrorCode::kInternal, "no kernel for algorithm " + std::string(all_reduce_algo_name(algo)));
 }
 
+template <typename T, ReduceOp OP>
+KernelFn pick_world(int world, AllReduceAlgo algo) {
+  // W = 2 is specialized (unrolled rank loops, more loads in flight); other sizes read p.world.
+  return world == 2 ? pick_algo<T, OP, 2>(algo) : pick_algo<T, OP, 0>(algo);
+}
+
 template <typename T>
-KernelFn pick_op(ReduceOp op, AllReduceAlgo algo) {
+KernelFn pick_op(ReduceOp op, int world, AllReduceAlgo algo) {
   switch (op) {
-    case ReduceOp::kSum: return pick_algo<T, ReduceOp::kSum>(algo);
-    case ReduceOp::kMax: return pick_algo<T, ReduceOp::kMax>(algo);
-    case ReduceOp::kMin: return pick_algo<T, ReduceOp::kMin>(algo);
+    case ReduceOp::kSum: return pick_world<T, ReduceOp::kSum>(world, algo);
+    case ReduceOp::kMax: return pick_world<T, ReduceOp::kMax>(world, algo);
+    case ReduceOp::kMin: return pick_world<T, ReduceOp::kMin>(world, algo);
   }
   throw Error(ErrorCode::kInvalidArgument, "op: unknown reduce op " + std::to_string(static_cast<int>(op)));
 }
 
 // The single runtime -> template mapping; anything outside {f32,f16,bf16} x {sum,max,min} x {ll,one,two}
-// fails here, loudly.
-KernelFn pick_kernel(DType dtype, ReduceOp op, AllReduceAlgo algo) {
+// x world sizes 1..8 fails here, loudly.
+KernelFn pick_kernel(DType dtype, ReduceOp op, int world, AllReduceAlgo algo) {
+  if (world < 1 || world > detail::kMaxRanks)
+    throw Error(ErrorCode::kUnsupported, "world size " + std::to_string(world) + " has no fast-path kernel");
   switch (dtype) {
-    case DType::kFloat32: return pick_op<float>(op, algo);
-    case DType::kFloat16: return pick_op<__half>(op, algo);
-    case DType::kBFloat16: return pick_op<__nv_bfloat16>(op, algo);
+    case DType::kFloat32: return pick_op<float>(op, world, algo);
+    case DType::kFloat16: return pick_op<__half>(op, world, algo);
+    case DType::kBFloat16: return pick_op<__nv_bfloat16>(op, world, algo);
     default: break;
   }
   throw Error(ErrorCode::kInvalidArgument, std::string("dtype: ") + dtype_name(dtype) + " is not supported (f32, f16, bf16)");
+}
+
+bool pdl_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("TPCOMM_PDL");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  return on;
 }
 
 std::size_t cap_of(const CommImpl& c, AllReduceAlgo a) {
@@ -204,7 +220,7 @@ AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* outp
     return algo;
   }
 
-  const KernelFn kernel = pick_kernel(dtype, op, algo);
+  const KernelFn kernel = pick_kernel(dtype, op, c.world, algo);
   AllReduceParams p{};
   p.input = input;
   p.output = output;
@@ -253,8 +269,16 @@ AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* outp
   const std::size_t work = algo == AllReduceAlgo::kTwoShot ? (p.nvec + c.world - 1) / c.world : p.nvec;
   int blocks = static_cast<int>(std::min<std::size_t>(shape.max_blocks, (work + shape.threads - 1) / shape.threads));
   blocks = std::max(blocks, 1);
-  kernel<<<blocks, shape.threads, 0, stream>>>(p);
-  TPCOMM_CUDA_CHECK(cudaGetLastError());
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(blocks);
+  cfg.blockDim = dim3(shape.threads);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  TPCOMM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p));
   c.fast_calls++;
   c.note_enqueued(stream);
   return algo;

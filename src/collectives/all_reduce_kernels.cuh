@@ -92,9 +92,9 @@ __device__ __forceinline__ void store_vec(T* base, std::size_t v, std::size_t co
     if (e0 + i < count) base[e0 + i] = r.e[i];
 }
 
-__device__ __forceinline__ void st_v4(void* p, uint4 x) {
-  asm volatile("st.global.v4.b32 [%0], {%1,%2,%3,%4};" ::"l"(p), "r"(x.x), "r"(x.y), "r"(x.z), "r"(x.w) : "memory");
-}
+// Plain 16-byte accesses: ordering against peers comes from the barriers (bar.sync + st.release.sys /
+// ld.acquire.sys), so data accesses need no per-access ordering and the compiler may keep many in flight.
+__device__ __forceinline__ void st_v4(void* p, uint4 x) { *reinterpret_cast<uint4*>(p) = x; }
 __device__ __forceinline__ uint4 ld_v4_volatile(const void* p) {
   uint4 x;
   asm volatile("ld.volatile.global.v4.b32 {%0,%1,%2,%3}, [%4];" : "=r"(x.x), "=r"(x.y), "=r"(x.z), "=r"(x.w) : "l"(p) : "memory");
@@ -102,6 +102,15 @@ __device__ __forceinline__ uint4 ld_v4_volatile(const void* p) {
 }
 // Peer data after an acquire: bypass L1 (cache at L2 only).
 __device__ __forceinline__ uint4 ld_v4_cg(const void* p) { return __ldcg(reinterpret_cast<const uint4*>(p)); }
+
+// Programmatic dependent launch (PDL). Kernels are launched with programmatic stream serialization, so
+// one may start while its predecessor on the stream is still running. griddep_wait() blocks until every
+// predecessor grid has completed and its memory is visible: every kernel calls it before touching
+// ArState, inputs or the workspace, so the protocol above is unchanged; what overlaps is the launch itself
+// (block scheduling, parameter load), about 1-2 us per call. griddep_launch_dependents() lets the next
+// kernel start its own launch early.
+__device__ __forceinline__ void griddep_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+__device__ __forceinline__ void griddep_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" :::); }
 
 template <typename T, ReduceOp OP>
 struct Acc {
@@ -133,27 +142,35 @@ struct Acc {
 };
 
 // ---- launch bookkeeping -------------------------------------------------------------------------------
-// Called by every block at its end; the last block advances the shared counters. `ll_nvec` >= 0 marks a
-// barrier-free launch that used buffer ll_idx.
+// Called by every block at its end; the last block advances the shared counters. ll_idx >= 0 marks a
+// barrier-free launch that used buffer ll_idx. One-block grids skip the atomic.
 __device__ __forceinline__ void finish_launch(const AllReduceParams& p, uint32_t epoch, int ll_idx, uint32_t ll_nvec) {
   __syncthreads();
-  if (threadIdx.x == 0) {
-    p.state->epochs[blockIdx.x] = epoch;
-    __threadfence();
-    const uint32_t done = atomicAdd(&p.state->done_blocks, 1u);
-    if (done == gridDim.x - 1) {
-      __threadfence();
-      p.state->done_blocks = 0;
-      p.state->seq += 1;
-      if (ll_idx >= 0) {
-        p.state->ll_used[(ll_idx + 2) % 3] = 0;  // cleared by this launch
-        p.state->ll_used[ll_idx] = ll_nvec;
-        p.state->ll_seq += 1;
-      }
-      __threadfence();
+  if (threadIdx.x != 0) return;
+  p.state->epochs[blockIdx.x] = epoch;
+  bool last = gridDim.x == 1;
+  if (!last) {
+    __threadfence();  // this block's reads of ArState happen before the last block rewrites it
+    last = atomicAdd(&p.state->done_blocks, 1u) == gridDim.x - 1;
+    if (last) p.state->done_blocks = 0;
+  }
+  if (last) {
+    p.state->seq += 1;
+    if (ll_idx >= 0) {
+      p.state->ll_used[(ll_idx + 2) % 3] = 0;  // cleared by this launch
+      p.state->ll_used[ll_idx] = ll_nvec;
+      p.state->ll_seq += 1;
     }
   }
 }
+
+// Compile-time world size where it pays (W = 2 is the common TP=2 case); kW = 0 means "read p.world".
+template <int kW>
+struct World {
+  static constexpr int kMax = kW > 0 ? kW : kMaxRanks;
+  static constexpr int kUnroll = kW == 2 ? 4 : 2;  // 16-byte vectors in flight per thread and rank
+  __device__ __forceinline__ static int size(const AllReduceParams& p) { return kW > 0 ? kW : p.world; }
+};
 
 // ---- barrier-free one-shot (flag in data) -------------------------------------------------------------
 // Buffer layout per rank: 3 buffers x W slots x cap bytes; slot s holds rank s's message. Every 32-bit word
@@ -182,55 +199,71 @@ __device__ __forceinline__ bool vec_ready(uint4 x) {
   return x.x != kEmptyWord && x.y != kEmptyWord && x.z != kEmptyWord && x.w != kEmptyWord;
 }
 
-template <typename T, ReduceOp OP>
+// Polls one 16-byte vector until it holds data; false on timeout (reported, naming `peer`) or abort.
+__device__ __noinline__ bool poll_vec(const AllReduceParams& p, const char* src, int peer, uint4& x) {
+  const uint64_t start = device::global_timer_ns();
+  for (uint32_t spin = 1;; ++spin) {
+    x = ld_v4_volatile(src);
+    if (vec_ready(x)) return true;
+    if ((spin & 63u) == 0) {
+      if (device::aborted(p.sync)) return false;
+      if (device::global_timer_ns() - start > p.sync.timeout_ns) {
+        device::report_error(p.sync, device::kDevTimeout, peer);
+        return false;
+      }
+    }
+  }
+}
+
+template <typename T, ReduceOp OP, int kW>
 __global__ void __launch_bounds__(512) all_reduce_one_shot_ll(const __grid_constant__ AllReduceParams p) {
+  griddep_wait();
+  griddep_launch_dependents();
+  using Wd = World<kW>;
+  const int W = Wd::size(p);
   const uint32_t ll_seq = p.state->ll_seq;
   const int idx = static_cast<int>(ll_seq % 3);
+  const int prev = (idx + 2) % 3;
+  const std::size_t prev_nvec = p.state->ll_used[prev];
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
   const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const std::size_t buf_bytes = static_cast<std::size_t>(p.world) * p.cap;
+  const std::size_t buf_bytes = static_cast<std::size_t>(W) * p.cap;
   const T* in = static_cast<const T*>(p.input);
 
   // 1. Push my vectors into slot `rank` of buffer idx on every rank.
   for (std::size_t v = tid; v < p.nvec; v += stride) {
     const uint4 x = sanitize<T>(load_vec(in, v, p.count, p.in_aligned));
-    for (int q = 0; q < p.world; ++q) st_v4(p.peer_ws[q] + p.off + idx * buf_bytes + p.rank * p.cap + v * 16, x);
+#pragma unroll
+    for (int q = 0; q < Wd::kMax; ++q) {
+      if (q >= W) break;
+      st_v4(p.peer_ws[q] + p.off + idx * buf_bytes + p.rank * p.cap + v * 16, x);
+    }
   }
   // 2. Poll my own buffer until every rank's vector arrived, reduce in rank order.
   const char* mine = p.peer_ws[p.rank] + p.off + idx * buf_bytes;
   bool ok = true;
   for (std::size_t v = tid; v < p.nvec && ok; v += stride) {
+    uint4 x[Wd::kMax];
+#pragma unroll
+    for (int q = 0; q < Wd::kMax; ++q)
+      if (q < W) x[q] = ld_v4_volatile(mine + q * p.cap + v * 16);
     Acc<T, OP> acc;
-    for (int q = 0; q < p.world; ++q) {
-      const char* src = mine + q * p.cap + v * 16;
-      uint4 x = ld_v4_volatile(src);
-      if (!vec_ready(x)) {
-        const uint64_t start = device::global_timer_ns();
-        for (uint32_t spin = 1;; ++spin) {
-          x = ld_v4_volatile(src);
-          if (vec_ready(x)) break;
-          if ((spin & 63u) == 0) {
-            if (device::aborted(p.sync)) { ok = false; break; }
-            if (device::global_timer_ns() - start > p.sync.timeout_ns) {
-              device::report_error(p.sync, device::kDevTimeout, q);
-              ok = false;
-              break;
-            }
-          }
-        }
-        if (!ok) break;
+#pragma unroll
+    for (int q = 0; q < Wd::kMax; ++q) {
+      if (q >= W) break;
+      if (!vec_ready(x[q]) && !poll_vec(p, mine + q * p.cap + v * 16, q, x[q])) {
+        ok = false;
+        break;
       }
-      if (q == 0) acc.set(x);
-      else acc.add(x);
+      if (q == 0) acc.set(x[q]);
+      else acc.add(x[q]);
     }
     if (ok) store_vec(static_cast<T*>(p.output), v, p.count, p.out_aligned, acc.get());
   }
   // 3. Clear the previous launch's buffer (every slot, as many vectors as that launch wrote).
-  const int prev = (idx + 2) % 3;
-  const std::size_t prev_nvec = p.state->ll_used[prev];
   char* prev_buf = p.peer_ws[p.rank] + p.off + prev * buf_bytes;
   const uint4 empty = make_uint4(kEmptyWord, kEmptyWord, kEmptyWord, kEmptyWord);
-  for (std::size_t i = tid; i < prev_nvec * p.world; i += stride) {
+  for (std::size_t i = tid; i < prev_nvec * W; i += stride) {
     const std::size_t slot = i / prev_nvec, v = i % prev_nvec;
     st_v4(prev_buf + slot * p.cap + v * 16, empty);
   }
@@ -241,43 +274,73 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot_ll(const __grid_const
 // Copy-in: each block copies its vectors of the input into this rank's workspace half (seq parity), one
 // barrier, then reads the same vectors from every rank's half. Zero-copy (p.reg != nullptr): peers' inputs
 // are read directly; a second barrier keeps every rank's input alive until all peers have read it.
-template <typename T, ReduceOp OP>
+template <typename T, ReduceOp OP, int kW>
 __global__ void __launch_bounds__(512) all_reduce_one_shot(const __grid_constant__ AllReduceParams p) {
+  griddep_wait();
+  griddep_launch_dependents();
+  using Wd = World<kW>;
+  constexpr int U = Wd::kUnroll;
+  const int W = Wd::size(p);
   const uint32_t seq = p.state->seq;
   uint32_t epoch = p.state->epochs[blockIdx.x];
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
   const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const std::size_t half = p.off + (seq & 1u) * p.cap;
   const T* in = static_cast<const T*>(p.input);
+  const bool zero_copy = p.reg != nullptr;
 
-  if (p.reg == nullptr) {
+  if (!zero_copy) {
     char* mine = p.peer_ws[p.rank] + half;
-    for (std::size_t v = tid; v < p.nvec; v += stride) st_v4(mine + v * 16, load_vec(in, v, p.count, p.in_aligned));
+    for (std::size_t base = tid; base < p.nvec; base += stride * U) {
+      uint4 x[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (base + u * stride < p.nvec) x[u] = load_vec(in, base + u * stride, p.count, p.in_aligned);
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (base + u * stride < p.nvec) st_v4(mine + (base + u * stride) * 16, x[u]);
+    }
   }
   bool ok = device::block_barrier(p.sync, p.bar, ++epoch, p.size_tag);
-  if (ok && p.reg != nullptr) {
-    for (int q = 0; q < p.world; ++q)
-      if (threadIdx.x == 0 && p.reg->ptrs[q] == nullptr) device::report_error(p.sync, device::kDevNotRegistered, q);
+  const char* src[Wd::kMax];
+#pragma unroll
+  for (int q = 0; q < Wd::kMax; ++q) {
+    src[q] = nullptr;
+    if (q < W) src[q] = zero_copy ? static_cast<const char*>(p.reg->ptrs[q]) + p.reg_offset : p.peer_ws[q] + half;
+  }
+  if (ok && zero_copy) {  // a graph replayed before register_graph_buffers() has null peer pointers
+    if (threadIdx.x < W && p.reg->ptrs[threadIdx.x] == nullptr) device::report_error(p.sync, device::kDevNotRegistered, threadIdx.x);
     ok = __syncthreads_and(!device::aborted(p.sync));
   }
   if (ok) {
-    for (std::size_t v = tid; v < p.nvec; v += stride) {
-      Acc<T, OP> acc;
-#pragma unroll 1
-      for (int q = 0; q < p.world; ++q) {
-        uint4 x;
-        if (p.reg != nullptr)  // aligned (checked on the host); the partial last vector goes element-wise
-          x = load_vec(reinterpret_cast<const T*>(static_cast<const char*>(p.reg->ptrs[q]) + p.reg_offset), v, p.count, true);
-        else
-          x = ld_v4_cg(p.peer_ws[q] + half + v * 16);
-        if (q == 0) acc.set(x);
-        else acc.add(x);
+    for (std::size_t base = tid; base < p.nvec; base += stride * U) {
+      Acc<T, OP> acc[U];
+#pragma unroll
+      for (int q = 0; q < Wd::kMax; ++q) {
+        if (q >= W) break;
+        uint4 x[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const std::size_t v = base + u * stride;
+          if (v >= p.nvec) continue;
+          if (zero_copy && (v + 1) * 16 > p.count * sizeof(T))  // partial last vector of a caller buffer
+            x[u] = load_vec(reinterpret_cast<const T*>(src[q]), v, p.count, true);
+          else
+            x[u] = ld_v4_cg(src[q] + v * 16);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (base + u * stride >= p.nvec) continue;
+          if (q == 0) acc[u].set(x[u]);
+          else acc[u].add(x[u]);
+        }
       }
-      store_vec(static_cast<T*>(p.output), v, p.count, p.out_aligned, acc.get());
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (base + u * stride < p.nvec) store_vec(static_cast<T*>(p.output), base + u * stride, p.count, p.out_aligned, acc[u].get());
     }
-    if (p.reg != nullptr) device::block_barrier(p.sync, p.bar, ++epoch, p.size_tag);
+    if (zero_copy) device::block_barrier(p.sync, p.bar, ++epoch, p.size_tag);
   }
-  (void)seq;
   finish_launch(p, epoch, -1, 0);
 }
 
@@ -289,53 +352,95 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot(const __grid_constant
 //     every peer                                                  barrier
 //  3. copy the other owners' chunks from my gather slots into my output.
 // Stores to peers are posted writes (NVLink), which move data faster than remote reads.
-template <typename T, ReduceOp OP>
+template <typename T, ReduceOp OP, int kW>
 __global__ void __launch_bounds__(512) all_reduce_two_shot(const __grid_constant__ AllReduceParams p) {
+  griddep_wait();
+  griddep_launch_dependents();
+  using Wd = World<kW>;
+  constexpr int U = Wd::kUnroll;
+  const int W = Wd::size(p);
   const uint32_t seq = p.state->seq;
   uint32_t epoch = p.state->epochs[blockIdx.x];
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
   const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const std::size_t W = static_cast<std::size_t>(p.world);
   const std::size_t chunk = (p.nvec + W - 1) / W;
-  const std::size_t region = p.off + (seq & 1u) * 2 * W * p.cap;
+  const std::size_t region = p.off + (seq & 1u) * 2 * static_cast<std::size_t>(W) * p.cap;
   const T* in = static_cast<const T*>(p.input);
   T* out = static_cast<T*>(p.output);
 
-  for (std::size_t j = tid; j < chunk; j += stride) {
-#pragma unroll 1
-    for (int c = 0; c < p.world; ++c) {
-      const std::size_t v = c * chunk + j;
-      if (v < p.nvec) st_v4(p.peer_ws[c] + region + p.rank * p.cap + j * 16, load_vec(in, v, p.count, p.in_aligned));
+  for (std::size_t base = tid; base < chunk; base += stride * U) {
+#pragma unroll
+    for (int c = 0; c < Wd::kMax; ++c) {
+      if (c >= W) break;
+      uint4 x[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const std::size_t j = base + u * stride, v = c * chunk + j;
+        if (j < chunk && v < p.nvec) x[u] = load_vec(in, v, p.count, p.in_aligned);
+      }
+      char* dst = p.peer_ws[c] + region + p.rank * p.cap;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const std::size_t j = base + u * stride, v = c * chunk + j;
+        if (j < chunk && v < p.nvec) st_v4(dst + j * 16, x[u]);
+      }
     }
   }
   bool ok = device::block_barrier(p.sync, p.bar, ++epoch, p.size_tag);
   if (ok) {
     const char* slots = p.peer_ws[p.rank] + region;
-    for (std::size_t j = tid; j < chunk; j += stride) {
-      const std::size_t v = p.rank * chunk + j;
-      if (v >= p.nvec) break;
-      Acc<T, OP> acc;
-#pragma unroll 1
-      for (int q = 0; q < p.world; ++q) {
-        const uint4 x = ld_v4_cg(slots + q * p.cap + j * 16);
-        if (q == 0) acc.set(x);
-        else acc.add(x);
+    for (std::size_t base = tid; base < chunk; base += stride * U) {
+      Acc<T, OP> acc[U];
+#pragma unroll
+      for (int q = 0; q < Wd::kMax; ++q) {
+        if (q >= W) break;
+        uint4 x[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const std::size_t j = base + u * stride;
+          if (j < chunk && p.rank * chunk + j < p.nvec) x[u] = ld_v4_cg(slots + q * p.cap + j * 16);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const std::size_t j = base + u * stride;
+          if (j >= chunk || p.rank * chunk + j >= p.nvec) continue;
+          if (q == 0) acc[u].set(x[u]);
+          else acc[u].add(x[u]);
+        }
       }
-      const uint4 r = acc.get();
-      store_vec(out, v, p.count, p.out_aligned, r);
-      for (int q = 0; q < p.world; ++q)
-        if (q != p.rank) st_v4(p.peer_ws[q] + region + (W + p.rank) * p.cap + j * 16, r);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const std::size_t j = base + u * stride, v = p.rank * chunk + j;
+        if (j >= chunk || v >= p.nvec) continue;
+        const uint4 r = acc[u].get();
+        store_vec(out, v, p.count, p.out_aligned, r);
+#pragma unroll
+        for (int q = 0; q < Wd::kMax; ++q) {
+          if (q >= W) break;
+          if (q != p.rank) st_v4(p.peer_ws[q] + region + (W + p.rank) * p.cap + j * 16, r);
+        }
+      }
     }
     ok = device::block_barrier(p.sync, p.bar, ++epoch, p.size_tag);
   }
   if (ok) {
-    const char* gather = p.peer_ws[p.rank] + region + W * p.cap;
-    for (std::size_t j = tid; j < chunk; j += stride) {
-#pragma unroll 1
-      for (int c = 0; c < p.world; ++c) {
-        const std::size_t v = c * chunk + j;
-        if (c == p.rank || v >= p.nvec) continue;
-        store_vec(out, v, p.count, p.out_aligned, ld_v4_cg(gather + c * p.cap + j * 16));
+    const char* gather = p.peer_ws[p.rank] + region + static_cast<std::size_t>(W) * p.cap;
+    for (std::size_t base = tid; base < chunk; base += stride * U) {
+#pragma unroll
+      for (int c = 0; c < Wd::kMax; ++c) {
+        if (c >= W) break;
+        if (c == p.rank) continue;
+        uint4 x[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const std::size_t j = base + u * stride, v = c * chunk + j;
+          if (j < chunk && v < p.nvec) x[u] = ld_v4_cg(gather + c * p.cap + j * 16);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const std::size_t j = base + u * stride, v = c * chunk + j;
+          if (j < chunk && v < p.nvec) store_vec(out, v, p.count, p.out_aligned, x[u]);
+        }
       }
     }
   }

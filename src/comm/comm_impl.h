@@ -19,9 +19,9 @@
 
 namespace tpcomm::detail {
 
-constexpr int kMaxBlocks = 128;          // barrier flag slots per rank (grid sizes never exceed this)
+constexpr int kMaxBlocks = 256;          // barrier flag slots per rank (grid sizes never exceed this)
 constexpr int kMaxRegSlots = 8192;       // zero-copy pointer tables (RankData) per communicator
-constexpr std::size_t kSignalPadBytes = 64 * 1024;
+constexpr std::size_t kSignalPadBytes = 64 * 1024;  // flags 16 KiB + probe words
 // Signal-pad layout of the all-reduce workspace (bytes from the pad start):
 constexpr std::size_t kPadFlagsOffset = 0;                                    // u64 [kMaxBlocks][kMaxRanks]
 constexpr std::size_t kPadProbeOffset = kMaxBlocks * kMaxRanks * sizeof(uint64_t);  // u32 [kMaxRanks]

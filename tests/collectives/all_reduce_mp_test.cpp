@@ -161,7 +161,10 @@ TEST_P(AllReduceMatrix, EveryOpAlgorithmSizeLayout) {
           if (zc && algo != AllReduceAlgo::kOneShot) continue;
           for (bool in_place : {false, true}) {
             if (zc && in_place) continue;
-            for (std::size_t off : {std::size_t(0), es}) ran += run_case(comm, {dt, op, algo, zc, count, in_place, off}, s);
+            for (std::size_t off : {std::size_t(0), es}) {
+              if (zc && off) continue;  // zero-copy needs 16-byte aligned inputs (rejected: see BadInput)
+              ran += run_case(comm, {dt, op, algo, zc, count, in_place, off}, s);
+            }
           }
         }
       }
@@ -435,6 +438,9 @@ TEST(AllReduceBadInput, ErrorsNameTheArgumentAndWriteNothing) {
   });
   expect_error("output", ErrorCode::kInvalidArgument,
                [&] { all_reduce(comm, in.p, in.c() + 2, 64, DType::kBFloat16, ReduceOp::kSum, s); });
+  expect_error("input", ErrorCode::kInvalidArgument, [&] {
+    all_reduce(comm, in.c() + 2, out.p, 16, DType::kBFloat16, ReduceOp::kSum, s, {AllReduceAlgo::kOneShot, true});
+  });
   comm.synchronize(s);
   std::vector<uint8_t> got(1 << 21);
   CUDA_OK(cudaMemcpy(got.data(), out.p, got.size(), cudaMemcpyDeviceToHost));

@@ -1,0 +1,70 @@
+// CPU tests of the all-reduce algorithm choice (no GPU).
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "tpcomm/all_reduce.h"
+#include "tpcomm/error.h"
+
+using namespace tpcomm;
+
+namespace {
+constexpr std::size_t K = 1024, M = 1024 * 1024;
+const std::size_t kBig = std::size_t(1) << 40;
+}  // namespace
+
+TEST(AllReduceSelect, FollowsTheTableAndTheWorkspaceCaps) {
+  AllReduceTable t{512 * K, 2 * M, 64 * M, "test"};
+  EXPECT_EQ(select_all_reduce(t, 8 * K, true, kBig, kBig, kBig), AllReduceAlgo::kOneShotLL);
+  EXPECT_EQ(select_all_reduce(t, 512 * K, true, kBig, kBig, kBig), AllReduceAlgo::kOneShotLL);
+  EXPECT_EQ(select_all_reduce(t, 512 * K + 2, true, kBig, kBig, kBig), AllReduceAlgo::kOneShot);
+  EXPECT_EQ(select_all_reduce(t, 2 * M + 2, true, kBig, kBig, kBig), AllReduceAlgo::kTwoShot);
+  EXPECT_EQ(select_all_reduce(t, 64 * M + 2, true, kBig, kBig, kBig), AllReduceAlgo::kNccl);
+  // A smaller workspace moves the choice on to the next algorithm, never past the cap.
+  EXPECT_EQ(select_all_reduce(t, 300 * K, true, 256 * K, kBig, kBig), AllReduceAlgo::kOneShot);
+  EXPECT_EQ(select_all_reduce(t, 1 * M, true, 256 * K, 512 * K, kBig), AllReduceAlgo::kTwoShot);
+  EXPECT_EQ(select_all_reduce(t, 8 * M, true, kBig, kBig, 4 * M), AllReduceAlgo::kNccl);
+  // No peer memory: NCCL whatever the size.
+  EXPECT_EQ(select_all_reduce(t, 8 * K, false, kBig, kBig, kBig), AllReduceAlgo::kNccl);
+}
+
+TEST(AllReduceSelect, BuiltinTablesForEveryWorldSize) {
+  unsetenv("TPCOMM_AR_TABLE");
+  for (int w = 1; w <= 8; ++w) {
+    const AllReduceTable t = default_all_reduce_table(w);
+    EXPECT_LE(t.one_shot_ll_max, t.one_shot_max) << w;
+    EXPECT_LE(t.one_shot_max, t.two_shot_max) << w;
+    EXPECT_GT(t.one_shot_ll_max, 0u) << w;
+    EXPECT_EQ(t.source.rfind("builtin:", 0), 0u) << t.source;
+  }
+  // One-shot reads W-1 full copies: its limit must not grow with the world size.
+  EXPECT_GE(default_all_reduce_table(2).one_shot_max, default_all_reduce_table(4).one_shot_max);
+  EXPECT_GE(default_all_reduce_table(4).one_shot_max, default_all_reduce_table(8).one_shot_max);
+}
+
+TEST(AllReduceSelect, EnvironmentOverride) {
+  setenv("TPCOMM_AR_TABLE", "ll=64K,one=1M,two=8M", 1);
+  const AllReduceTable t = default_all_reduce_table(2);
+  EXPECT_EQ(t.one_shot_ll_max, 64 * K);
+  EXPECT_EQ(t.one_shot_max, 1 * M);
+  EXPECT_EQ(t.two_shot_max, 8 * M);
+  EXPECT_EQ(t.source, "env:TPCOMM_AR_TABLE");
+  setenv("TPCOMM_AR_TABLE", "ll=64Q", 1);
+  EXPECT_THROW(default_all_reduce_table(2), Error);
+  setenv("TPCOMM_AR_TABLE", "three=1M", 1);
+  EXPECT_THROW(default_all_reduce_table(2), Error);
+  unsetenv("TPCOMM_AR_TABLE");
+}
+
+TEST(AllReduceSelect, AlgorithmNamesRoundTrip) {
+  for (AllReduceAlgo a : {AllReduceAlgo::kAuto, AllReduceAlgo::kOneShotLL, AllReduceAlgo::kOneShot, AllReduceAlgo::kTwoShot,
+                          AllReduceAlgo::kNccl})
+    EXPECT_EQ(parse_all_reduce_algo(all_reduce_algo_name(a)), a);
+  try {
+    parse_all_reduce_algo("ring");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("algo"), std::string::npos);
+  }
+}
