@@ -21,12 +21,15 @@
 namespace tpcomm {
 
 struct CommOptions {
-  // Largest message (bytes) the two-shot all-reduce handles in one call (its workspace is 4x this).
-  std::size_t two_shot_max_bytes = std::size_t(64) << 20;
-  // Largest message the barrier one-shot handles (copy-in workspace 2x this).
-  std::size_t one_shot_max_bytes = std::size_t(8) << 20;
-  // Largest message of the barrier-free (flag-in-data) one-shot (workspace 3 * world * this).
-  std::size_t lamport_max_bytes = std::size_t(1) << 20;
+  // Workspace limits of the all-reduce algorithms: the largest message each handles. 0 = the default for
+  // the world size W (chosen from measurements; see src/comm/communicator.cpp). Resolved values are in
+  // Communicator::options() after creation.
+  // Two-shot: workspace 4x this (W=2: 16 MiB, else 64 MiB).
+  std::size_t two_shot_max_bytes = 0;
+  // One-shot (push, one barrier): workspace 2*W*this (W=2: 64 MiB, W<=4: 8 MiB, else 4 MiB).
+  std::size_t one_shot_max_bytes = 0;
+  // Barrier-free one-shot: workspace 3*W*this (1 MiB).
+  std::size_t lamport_max_bytes = 0;
   // Device-side wait timeout in seconds (env TPCOMM_TIMEOUT_S overrides).
   double timeout_s = 5.0;
   // Every op through NCCL (env TPCOMM_FORCE_NCCL=1 or TPCOMM_DISABLE_P2P=1 set this too).

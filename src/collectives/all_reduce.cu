@@ -21,23 +21,6 @@ namespace {
 using detail::AllReduceParams;
 using detail::CommImpl;
 
-struct LaunchShape {
-  int threads = 512;
-  int max_blocks = 128;
-};
-
-// Launch shape: env overrides exist for tuning sweeps (TPCOMM_AR_THREADS, TPCOMM_AR_BLOCKS); every rank must
-// use the same values (the grid is part of the cross-rank protocol).
-LaunchShape launch_shape() {
-  static LaunchShape s = [] {
-    LaunchShape x;
-    if (const char* t = std::getenv("TPCOMM_AR_THREADS")) x.threads = std::clamp(std::atoi(t), 32, 512) / 32 * 32;
-    if (const char* b = std::getenv("TPCOMM_AR_BLOCKS")) x.max_blocks = std::clamp(std::atoi(b), 1, detail::kMaxBlocks);
-    return x;
-  }();
-  return s;
-}
-
 using KernelFn = void (*)(AllReduceParams);
 
 template <typename T, ReduceOp OP, int kW>
@@ -91,9 +74,9 @@ bool pdl_enabled() {
 
 std::size_t cap_of(const CommImpl& c, AllReduceAlgo a) {
   switch (a) {
-    case AllReduceAlgo::kOneShotLL: return c.ll_cap;
-    case AllReduceAlgo::kOneShot: return c.one_cap;
-    case AllReduceAlgo::kTwoShot: return c.two_chunk_cap * static_cast<std::size_t>(c.world);
+    case AllReduceAlgo::kOneShotLL: return c.opts.lamport_max_bytes;
+    case AllReduceAlgo::kOneShot: return c.opts.one_shot_max_bytes;
+    case AllReduceAlgo::kTwoShot: return c.opts.two_shot_max_bytes;
     default: return ~std::size_t(0);
   }
 }
@@ -150,8 +133,8 @@ void exchange_and_fill(const Communicator& comm, const std::vector<const void*>&
 
 const detail::Registration* find_registration(const CommImpl& c, const void* p, std::size_t bytes) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-  for (const auto& r : c.registrations)
-    if (a >= r.begin && a + bytes <= r.end) return &r;
+  for (auto it = c.registrations.rbegin(); it != c.registrations.rend(); ++it)  // newest first
+    if (a >= it->begin && a + bytes <= it->end) return &*it;
   return nullptr;
 }
 
@@ -265,13 +248,10 @@ AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* outp
     c.zero_copy_calls++;  // barrier-free one-shot and two-shot push the caller's buffer directly
   }
 
-  const LaunchShape shape = launch_shape();
-  const std::size_t work = algo == AllReduceAlgo::kTwoShot ? (p.nvec + c.world - 1) / c.world : p.nvec;
-  int blocks = static_cast<int>(std::min<std::size_t>(shape.max_blocks, (work + shape.threads - 1) / shape.threads));
-  blocks = std::max(blocks, 1);
+  // Fixed grids (see ArState): the grid is part of the cross-rank protocol and of the per-block state.
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(blocks);
-  cfg.blockDim = dim3(shape.threads);
+  cfg.gridDim = dim3(algo == AllReduceAlgo::kOneShotLL ? c.ll_blocks : c.blocks);
+  cfg.blockDim = dim3(c.threads);
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -295,7 +275,11 @@ void register_buffer(const Communicator& comm, void* ptr, std::size_t bytes) {
   const int slot = new_reg_slot(c);
   exchange_and_fill(comm, {ptr}, {bytes}, {slot});
   detail::Registration r{reinterpret_cast<uintptr_t>(ptr), reinterpret_cast<uintptr_t>(ptr) + bytes, slot};
-  c.registrations.push_back(r);
+  // A new registration replaces any older one it overlaps (the memory was freed and reused).
+  auto& regs = c.registrations;
+  regs.erase(std::remove_if(regs.begin(), regs.end(), [&](const detail::Registration& o) { return o.begin < r.end && r.begin < o.end; }),
+             regs.end());
+  regs.push_back(r);
 }
 
 GraphCapture::GraphCapture(const Communicator& comm) : comm_(comm) {

@@ -8,10 +8,10 @@
 //    rank(s) that own a vector. All ranks therefore produce bitwise identical results.
 //  * Mapping: vector v is handled by the same (block, thread) on every rank (grid-stride with identical
 //    grids), which is what lets per-block barriers order the data a block touches.
-//  * Workspace halves (one-shot copy-in, two-shot) alternate with ArState::seq parity. Reusing a half two
-//    launches later is safe because launch k+1 on this rank only passes its first barrier after every peer
-//    has started launch k+1, i.e. finished launch k on its own stream.
-//  * ArState is read by every block at the start and written by the last block at the end.
+//  * Workspace halves (one-shot copy-in, two-shot) alternate with BlockState::seq parity. Reusing a half
+//    two launches later is safe because launch k+1 on this rank only passes its first barrier after every
+//    peer has started launch k+1, i.e. finished launch k on its own stream.
+//  * Each block reads its BlockState replica at the start and writes it at the end (fixed grids).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -142,26 +142,12 @@ struct Acc {
 };
 
 // ---- launch bookkeeping -------------------------------------------------------------------------------
-// Called by every block at its end; the last block advances the shared counters. ll_idx >= 0 marks a
-// barrier-free launch that used buffer ll_idx. One-block grids skip the atomic.
-__device__ __forceinline__ void finish_launch(const AllReduceParams& p, uint32_t epoch, int ll_idx, uint32_t ll_nvec) {
+// Each block owns its replica of the counters (see ArState): read at the start, written by thread 0 at
+// the end. No atomics, no fences: the next launch on the stream starts after this one completes (PDL's
+// griddepcontrol.wait included).
+__device__ __forceinline__ void finish_block(BlockState* bs, BlockState next) {
   __syncthreads();
-  if (threadIdx.x != 0) return;
-  p.state->epochs[blockIdx.x] = epoch;
-  bool last = gridDim.x == 1;
-  if (!last) {
-    __threadfence();  // this block's reads of ArState happen before the last block rewrites it
-    last = atomicAdd(&p.state->done_blocks, 1u) == gridDim.x - 1;
-    if (last) p.state->done_blocks = 0;
-  }
-  if (last) {
-    p.state->seq += 1;
-    if (ll_idx >= 0) {
-      p.state->ll_used[(ll_idx + 2) % 3] = 0;  // cleared by this launch
-      p.state->ll_used[ll_idx] = ll_nvec;
-      p.state->ll_seq += 1;
-    }
-  }
+  if (threadIdx.x == 0) *bs = next;
 }
 
 // Compile-time world size where it pays (W = 2 is the common TP=2 case); kW = 0 means "read p.world".
@@ -221,10 +207,11 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot_ll(const __grid_const
   griddep_launch_dependents();
   using Wd = World<kW>;
   const int W = Wd::size(p);
-  const uint32_t ll_seq = p.state->ll_seq;
-  const int idx = static_cast<int>(ll_seq % 3);
+  BlockState* bs = &p.state->blocks[blockIdx.x];
+  BlockState st = *bs;
+  const int idx = static_cast<int>(st.ll_seq % 3);
   const int prev = (idx + 2) % 3;
-  const std::size_t prev_nvec = p.state->ll_used[prev];
+  const std::size_t prev_nvec = st.ll_used[prev];
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
   const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const std::size_t buf_bytes = static_cast<std::size_t>(W) * p.cap;
@@ -267,13 +254,18 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot_ll(const __grid_const
     const std::size_t slot = i / prev_nvec, v = i % prev_nvec;
     st_v4(prev_buf + slot * p.cap + v * 16, empty);
   }
-  finish_launch(p, p.state->epochs[blockIdx.x], idx, static_cast<uint32_t>(p.nvec));
+  st.ll_used[prev] = 0;  // cleared above
+  st.ll_used[idx] = static_cast<uint32_t>(p.nvec);
+  st.ll_seq += 1;
+  finish_block(bs, st);
 }
 
 // ---- one-shot with one barrier -------------------------------------------------------------------------
-// Copy-in: each block copies its vectors of the input into this rank's workspace half (seq parity), one
-// barrier, then reads the same vectors from every rank's half. Zero-copy (p.reg != nullptr): peers' inputs
-// are read directly; a second barrier keeps every rank's input alive until all peers have read it.
+// Copy-in (push): each rank writes its input into slot[my rank] of every peer's workspace half (seq
+// parity), one barrier, then reduces locally: its own input plus the W-1 received slots. Remote traffic is
+// writes only, (W-1)*bytes per rank, and nothing is copied twice. Zero-copy (p.reg != nullptr): one
+// barrier, read every peer's registered input directly, and a second barrier keeps each input alive until
+// all peers have read it.
 template <typename T, ReduceOp OP, int kW>
 __global__ void __launch_bounds__(512) all_reduce_one_shot(const __grid_constant__ AllReduceParams p) {
   griddep_wait();
@@ -281,38 +273,38 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot(const __grid_constant
   using Wd = World<kW>;
   constexpr int U = Wd::kUnroll;
   const int W = Wd::size(p);
-  const uint32_t seq = p.state->seq;
-  uint32_t epoch = p.state->epochs[blockIdx.x];
+  BlockState* bs = &p.state->blocks[blockIdx.x];
+  BlockState st = *bs;
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
   const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const std::size_t half = p.off + (seq & 1u) * p.cap;
+  const std::size_t half = p.off + (st.seq & 1u) * static_cast<std::size_t>(W) * p.cap;
   const T* in = static_cast<const T*>(p.input);
   const bool zero_copy = p.reg != nullptr;
 
   if (!zero_copy) {
-    char* mine = p.peer_ws[p.rank] + half;
     for (std::size_t base = tid; base < p.nvec; base += stride * U) {
       uint4 x[U];
 #pragma unroll
       for (int u = 0; u < U; ++u)
         if (base + u * stride < p.nvec) x[u] = load_vec(in, base + u * stride, p.count, p.in_aligned);
 #pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (base + u * stride < p.nvec) st_v4(mine + (base + u * stride) * 16, x[u]);
+      for (int q = 0; q < Wd::kMax; ++q) {
+        if (q >= W) break;
+        if (q == p.rank) continue;
+        char* dst = p.peer_ws[q] + half + p.rank * p.cap;
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          if (base + u * stride < p.nvec) st_v4(dst + (base + u * stride) * 16, x[u]);
+      }
     }
   }
-  bool ok = device::block_barrier(p.sync, p.bar, ++epoch, p.size_tag);
-  const char* src[Wd::kMax];
-#pragma unroll
-  for (int q = 0; q < Wd::kMax; ++q) {
-    src[q] = nullptr;
-    if (q < W) src[q] = zero_copy ? static_cast<const char*>(p.reg->ptrs[q]) + p.reg_offset : p.peer_ws[q] + half;
-  }
+  bool ok = device::block_barrier(p.sync, p.bar, ++st.epoch, p.size_tag);
   if (ok && zero_copy) {  // a graph replayed before register_graph_buffers() has null peer pointers
     if (threadIdx.x < W && p.reg->ptrs[threadIdx.x] == nullptr) device::report_error(p.sync, device::kDevNotRegistered, threadIdx.x);
     ok = __syncthreads_and(!device::aborted(p.sync));
   }
   if (ok) {
+    const char* mine = p.peer_ws[p.rank] + half;
     for (std::size_t base = tid; base < p.nvec; base += stride * U) {
       Acc<T, OP> acc[U];
 #pragma unroll
@@ -323,10 +315,15 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot(const __grid_constant
         for (int u = 0; u < U; ++u) {
           const std::size_t v = base + u * stride;
           if (v >= p.nvec) continue;
-          if (zero_copy && (v + 1) * 16 > p.count * sizeof(T))  // partial last vector of a caller buffer
-            x[u] = load_vec(reinterpret_cast<const T*>(src[q]), v, p.count, true);
-          else
-            x[u] = ld_v4_cg(src[q] + v * 16);
+          if (zero_copy) {
+            const T* src = reinterpret_cast<const T*>(static_cast<const char*>(p.reg->ptrs[q]) + p.reg_offset);
+            x[u] = (v + 1) * 16 > p.count * sizeof(T) ? load_vec(src, v, p.count, true)  // partial last vector
+                                                       : ld_v4_cg(src + v * Vec<T>::kN);
+          } else if (q == p.rank) {
+            x[u] = load_vec(in, v, p.count, p.in_aligned);
+          } else {
+            x[u] = ld_v4_cg(mine + q * p.cap + v * 16);
+          }
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -339,9 +336,10 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot(const __grid_constant
       for (int u = 0; u < U; ++u)
         if (base + u * stride < p.nvec) store_vec(static_cast<T*>(p.output), base + u * stride, p.count, p.out_aligned, acc[u].get());
     }
-    if (zero_copy) device::block_barrier(p.sync, p.bar, ++epoch, p.size_tag);
+    if (zero_copy) device::block_barrier(p.sync, p.bar, ++st.epoch, p.size_tag);
   }
-  finish_launch(p, epoch, -1, 0);
+  st.seq += 1;
+  finish_block(bs, st);
 }
 
 // ---- two-shot: reduce-scatter + all-gather, both pushed ------------------------------------------------
@@ -359,12 +357,12 @@ __global__ void __launch_bounds__(512) all_reduce_two_shot(const __grid_constant
   using Wd = World<kW>;
   constexpr int U = Wd::kUnroll;
   const int W = Wd::size(p);
-  const uint32_t seq = p.state->seq;
-  uint32_t epoch = p.state->epochs[blockIdx.x];
+  BlockState* bs = &p.state->blocks[blockIdx.x];
+  BlockState st = *bs;
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
   const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const std::size_t chunk = (p.nvec + W - 1) / W;
-  const std::size_t region = p.off + (seq & 1u) * 2 * static_cast<std::size_t>(W) * p.cap;
+  const std::size_t region = p.off + (st.seq & 1u) * 2 * static_cast<std::size_t>(W) * p.cap;
   const T* in = static_cast<const T*>(p.input);
   T* out = static_cast<T*>(p.output);
 
@@ -386,7 +384,7 @@ __global__ void __launch_bounds__(512) all_reduce_two_shot(const __grid_constant
       }
     }
   }
-  bool ok = device::block_barrier(p.sync, p.bar, ++epoch, p.size_tag);
+  bool ok = device::block_barrier(p.sync, p.bar, ++st.epoch, p.size_tag);
   if (ok) {
     const char* slots = p.peer_ws[p.rank] + region;
     for (std::size_t base = tid; base < chunk; base += stride * U) {
@@ -421,7 +419,7 @@ __global__ void __launch_bounds__(512) all_reduce_two_shot(const __grid_constant
         }
       }
     }
-    ok = device::block_barrier(p.sync, p.bar, ++epoch, p.size_tag);
+    ok = device::block_barrier(p.sync, p.bar, ++st.epoch, p.size_tag);
   }
   if (ok) {
     const char* gather = p.peer_ws[p.rank] + region + static_cast<std::size_t>(W) * p.cap;
@@ -444,7 +442,8 @@ __global__ void __launch_bounds__(512) all_reduce_two_shot(const __grid_constant
       }
     }
   }
-  finish_launch(p, epoch, -1, 0);
+  st.seq += 1;
+  finish_block(bs, st);
 }
 
 }  // namespace tpcomm::detail

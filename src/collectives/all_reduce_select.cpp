@@ -50,8 +50,10 @@ AllReduceTable default_all_reduce_table(int world_size) {
   // all_reduce.json, graph mode, bf16). For other world sizes the limits follow vLLM's NVLink rules
   // (one-shot reads W-1 full copies, so it stops paying off earlier as W grows) until measured there.
   if (world_size <= 2) {
+    // W = 2: the push one-shot moves the minimum over NVLink (each rank sends its input once) with one
+    // barrier, so it covers everything above the barrier-free range up to its workspace.
     t.one_shot_ll_max = std::size_t(512) << 10;
-    t.one_shot_max = std::size_t(1) << 20;
+    t.one_shot_max = std::size_t(64) << 20;
     t.two_shot_max = std::size_t(64) << 20;
     t.source = "builtin:h200x2";
   } else if (world_size <= 4) {

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -33,15 +34,20 @@ struct RankData {
   const void* ptrs[kMaxRanks];
 };
 
-// Per-communicator device state of the all-reduce kernels (local memory, zeroed at creation).
-// Written only by the last block of a launch (after every block has read it), so a launch reads a stable
-// value and the next launch on the stream sees the update.
+// Per-communicator device state of the all-reduce kernels (local memory, zeroed at creation), one replica
+// per block index. Every algorithm launches a grid of fixed size for the life of the communicator (barrier
+// algorithms: CommImpl::blocks, barrier-free: CommImpl::ll_blocks), so every block of that algorithm sees
+// every launch and all replicas hold the same counters: a block reads its replica at its start and writes
+// it at its end, with no atomics or fences between blocks.
+struct BlockState {
+  uint32_t epoch;       // barrier epochs used by this block index
+  uint32_t seq;         // barrier-algorithm launches; parity selects the double-buffered half
+  uint32_t ll_seq;      // barrier-free launches; %3 selects the buffer
+  uint32_t ll_used[3];  // 16-byte vectors per slot written into each barrier-free buffer (to clear)
+  uint32_t pad[2];
+};
 struct ArState {
-  uint32_t seq;          // completed tpcomm launches; parity selects the double-buffered half
-  uint32_t done_blocks;  // blocks of the current launch that finished
-  uint32_t ll_seq;       // completed barrier-free one-shot launches; %3 selects the buffer
-  uint32_t ll_used[3];   // 16-byte vectors per slot written into each barrier-free buffer (to clear)
-  uint32_t epochs[kMaxBlocks];  // barrier epochs per block index
+  BlockState blocks[kMaxBlocks];
 };
 
 struct Registration {
@@ -72,11 +78,16 @@ struct CommImpl {
   std::unique_ptr<SymmetricBuffer> ws;
   std::size_t off_two = 0, off_one = 0, off_ll = 0;  // region offsets in the workspace data
   std::size_t two_chunk_cap = 0, one_cap = 0, ll_cap = 0;
+  int blocks = 128;     // grid of the barrier algorithms (fixed for the communicator's life; TPCOMM_AR_BLOCKS)
+  int ll_blocks = 32;   // grid of the barrier-free one-shot (TPCOMM_AR_LL_BLOCKS)
+  int threads = 512;
   ArState* d_state = nullptr;
   RankData* d_regs = nullptr;
   int next_reg_slot = 0;
   std::vector<Registration> registrations;                    // sorted by begin
-  std::map<std::pair<int, uintptr_t>, void*> opened;          // (peer, peer allocation base) -> mapped
+  // Peer allocations opened through CUDA IPC, keyed by (peer, handle bytes): a peer may free a buffer and
+  // get a new one at the same address, which has a different handle and must be mapped anew.
+  std::map<std::pair<int, std::string>, void*> opened;
   std::vector<std::pair<const void*, int>> pending_graph;     // (local ptr, slot) captured but not exchanged
   int capture_depth = 0;
 

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -61,6 +62,15 @@ static void init_common(CommImpl& c) {
   if (const char* t = std::getenv("TPCOMM_TIMEOUT_S")) c.opts.timeout_s = std::atof(t);
   TPCOMM_ARG_CHECK(c.opts.timeout_s > 0, "timeout_s", "must be positive");
   c.timeout_ns = static_cast<uint64_t>(c.opts.timeout_s * 1e9);
+  const std::size_t W = static_cast<std::size_t>(c.world);
+  // Default limits (0 = auto). For W = 2 the push one-shot moves the fewest bytes over NVLink at every
+  // size, so it gets a large workspace and two-shot only a small one (for pinned use); for larger W,
+  // one-shot's traffic grows with W-1 and two-shot takes over early (tables in all_reduce_select.cpp).
+  const std::size_t MiB = std::size_t(1) << 20;
+  if (c.opts.two_shot_max_bytes == 0) c.opts.two_shot_max_bytes = W <= 2 ? 16 * MiB : 64 * MiB;
+  if (c.opts.one_shot_max_bytes == 0) c.opts.one_shot_max_bytes = W <= 2 ? 64 * MiB : (W <= 4 ? 8 * MiB : 4 * MiB);
+  if (c.opts.lamport_max_bytes == 0) c.opts.lamport_max_bytes = 1 * MiB;
+
   TPCOMM_CUDA_CHECK(cudaStreamCreateWithFlags(&c.aux_stream, cudaStreamNonBlocking));
   TPCOMM_CUDA_CHECK(cudaEventCreateWithFlags(&c.last_op, cudaEventDisableTiming));
   TPCOMM_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&c.h_error), sizeof(device::ErrorRecord), cudaHostAllocMapped));
@@ -132,13 +142,22 @@ static void gather_topology(const Communicator& comm, CommImpl& c) {
 static void setup_fast_path(const Communicator& comm, CommImpl& c) {
   const std::size_t W = static_cast<std::size_t>(c.world);
   auto round16 = [](std::size_t x) { return (x + 15) / 16 * 16; };
-  c.two_chunk_cap = round16((c.opts.two_shot_max_bytes + W - 1) / W);
+  c.two_chunk_cap = round16((c.opts.two_shot_max_bytes + W - 1) / W) + 16;  // + one vector of rounding slack
   c.one_cap = round16(c.opts.one_shot_max_bytes);
   c.ll_cap = round16(c.opts.lamport_max_bytes);
-  // Data layout: [two-shot: 2 parities x (W slots + W gather) chunks][one-shot: 2 parities][barrier-free: 3 x W slots]
+  // Fixed grids for the life of the communicator (the grid is part of the cross-rank protocol).
+  auto env_int = [](const char* name, int def, int lo, int hi) {
+    const char* v = std::getenv(name);
+    return v ? std::clamp(std::atoi(v), lo, hi) : def;
+  };
+  c.blocks = env_int("TPCOMM_AR_BLOCKS", 128, 1, kMaxBlocks);
+  c.ll_blocks = env_int("TPCOMM_AR_LL_BLOCKS", 32, 1, kMaxBlocks);
+  c.threads = env_int("TPCOMM_AR_THREADS", 512, 64, 512) / 32 * 32;
+  // Data layout: [two-shot: 2 parities x (W slots + W gather) chunks][one-shot: 2 parities x W slots]
+  //              [barrier-free: 3 buffers x W slots]
   c.off_two = 0;
   c.off_one = c.off_two + 2 * 2 * W * c.two_chunk_cap;
-  c.off_ll = c.off_one + 2 * c.one_cap;
+  c.off_ll = c.off_one + 2 * W * c.one_cap;
   const std::size_t total = c.off_ll + 3 * W * c.ll_cap;
 
   std::string why;

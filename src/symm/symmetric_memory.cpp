@@ -210,7 +210,7 @@ ExportedRange export_range(const void* ptr, std::size_t bytes) {
 void* CommImpl::map_peer_allocation(int peer, const cudaIpcMemHandle_t& h, uintptr_t peer_base, int peer_pid, void* peer_ptr) {
   if (peer == rank) return reinterpret_cast<void*>(peer_base);
   if (peer_pid == static_cast<int>(getpid())) return reinterpret_cast<void*>(peer_base);  // one process: UVA
-  auto key = std::make_pair(peer, peer_base);
+  auto key = std::make_pair(peer, std::string(h.reserved, sizeof(h.reserved)));
   auto it = opened.find(key);
   if (it != opened.end()) return it->second;
   void* mapped = nullptr;
