@@ -118,15 +118,30 @@ void exchange_and_fill(const Communicator& comm, const std::vector<const void*>&
   for (int64_t i = 0; i < n; ++i) mine[i] = detail::export_range(ptrs[i], bytes[i]);
   comm.host_all_gather(mine.data(), all.data(), sizeof(detail::ExportedRange) * n);
   std::vector<detail::RankData> rd(n);
-  for (int64_t i = 0; i < n; ++i) {
+  std::string failure;
+  for (int64_t i = 0; i < n && failure.empty(); ++i) {
     std::memset(&rd[i], 0, sizeof(detail::RankData));
-    for (int q = 0; q < W; ++q) {
+    for (int q = 0; q < W && failure.empty(); ++q) {
       const auto& e = all[static_cast<std::size_t>(q) * n + i];
-      void* base = c.map_peer_allocation(q, e.handle, e.base, e.pid, nullptr);
-      rd[i].ptrs[q] = static_cast<const char*>(base) + e.offset;
+      try {
+        void* base = c.map_peer_allocation(q, e.handle, e.base, e.pid, nullptr);
+        rd[i].ptrs[q] = static_cast<const char*>(base) + e.offset;
+      } catch (const Error& err) {
+        // Typically cudaErrorAlreadyMapped: small cudaMalloc blocks of one peer share an IPC-exportable
+        // chunk, which can be opened only once. Register the enclosing (larger) buffer instead.
+        failure = "ptr: rank " + std::to_string(q) + "'s buffer cannot be mapped on rank " + std::to_string(c.rank) +
+                  " (" + err.what() + "); register one larger long-lived buffer instead of many small ones";
+      }
     }
     rd[i].ptrs[c.rank] = ptrs[i];
   }
+  // Agree, so that every rank throws or none does.
+  int32_t ok = failure.empty() ? 1 : 0;
+  std::vector<int32_t> oks(W);
+  comm.host_all_gather(&ok, oks.data(), sizeof(ok));
+  for (int q = 0; q < W; ++q)
+    if (!oks[q])
+      throw Error(ErrorCode::kInvalidArgument, failure.empty() ? "ptr: rank " + std::to_string(q) + " could not map a peer's buffer" : failure);
   for (int64_t i = 0; i < n; ++i)
     TPCOMM_CUDA_CHECK(cudaMemcpy(c.d_regs + slots[i], &rd[i], sizeof(detail::RankData), cudaMemcpyHostToDevice));
 }

@@ -282,11 +282,21 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot(const __grid_constant
   const bool zero_copy = p.reg != nullptr;
 
   if (!zero_copy) {
-    for (std::size_t base = tid; base < p.nvec; base += stride * U) {
-      uint4 x[U];
+    // Pipelined push: iteration it+1's input is loaded and pushed (posted NVLink writes) before waiting
+    // for iteration it's peers and reducing it, so local reduction overlaps the link. One split barrier
+    // per iteration (arrive after the push, wait before the reduce); the own input stays in registers
+    // between its push and its reduce.
+    const std::size_t want = p.nvec / (stride * 4);
+    const int ur = want >= static_cast<std::size_t>(U) ? U : (want < 1 ? 1 : static_cast<int>(want));  // >= ~4 iterations when possible
+    const std::size_t tile = stride * ur;
+    const std::size_t iters = (p.nvec + tile - 1) / tile;
+    const char* mine = p.peer_ws[p.rank] + half;
+    uint4 cur[U], nxt[U];
+    auto load_push = [&](std::size_t it, uint4 (&x)[U]) {
+      const std::size_t base = it * tile + tid;
 #pragma unroll
       for (int u = 0; u < U; ++u)
-        if (base + u * stride < p.nvec) x[u] = load_vec(in, base + u * stride, p.count, p.in_aligned);
+        if (u < ur && base + u * stride < p.nvec) x[u] = load_vec(in, base + u * stride, p.count, p.in_aligned);
 #pragma unroll
       for (int q = 0; q < Wd::kMax; ++q) {
         if (q >= W) break;
@@ -294,9 +304,46 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot(const __grid_constant
         char* dst = p.peer_ws[q] + half + p.rank * p.cap;
 #pragma unroll
         for (int u = 0; u < U; ++u)
-          if (base + u * stride < p.nvec) st_v4(dst + (base + u * stride) * 16, x[u]);
+          if (u < ur && base + u * stride < p.nvec) st_v4(dst + (base + u * stride) * 16, x[u]);
+      }
+    };
+    const uint32_t e0 = st.epoch;
+    load_push(0, cur);
+    device::block_arrive(p.bar, e0 + 1, p.size_tag);
+    bool ok = true;
+    for (std::size_t it = 0; it < iters && ok; ++it) {
+      if (it + 1 < iters) load_push(it + 1, nxt);
+      ok = device::block_wait(p.sync, p.bar, e0 + 1 + static_cast<uint32_t>(it), p.size_tag);
+      if (!ok) break;
+      const std::size_t base = it * tile + tid;
+      Acc<T, OP> acc[U];
+#pragma unroll
+      for (int q = 0; q < Wd::kMax; ++q) {
+        if (q >= W) break;
+        uint4 x[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          if (u < ur && base + u * stride < p.nvec) x[u] = q == p.rank ? cur[u] : ld_v4_cg(mine + q * p.cap + (base + u * stride) * 16);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (u >= ur || base + u * stride >= p.nvec) continue;
+          if (q == 0) acc[u].set(x[u]);
+          else acc[u].add(x[u]);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (u < ur && base + u * stride < p.nvec) store_vec(static_cast<T*>(p.output), base + u * stride, p.count, p.out_aligned, acc[u].get());
+      if (it + 1 < iters) {
+        device::block_arrive(p.bar, e0 + 2 + static_cast<uint32_t>(it), p.size_tag);
+#pragma unroll
+        for (int u = 0; u < U; ++u) cur[u] = nxt[u];
       }
     }
+    st.epoch = e0 + static_cast<uint32_t>(iters);
+    st.seq += 1;
+    finish_block(bs, st);
+    return;
   }
   bool ok = device::block_barrier(p.sync, p.bar, ++st.epoch, p.size_tag);
   if (ok && zero_copy) {  // a graph replayed before register_graph_buffers() has null peer pointers

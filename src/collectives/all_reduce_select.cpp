@@ -52,7 +52,7 @@ AllReduceTable default_all_reduce_table(int world_size) {
   if (world_size <= 2) {
     // W = 2: the push one-shot moves the minimum over NVLink (each rank sends its input once) with one
     // barrier, so it covers everything above the barrier-free range up to its workspace.
-    t.one_shot_ll_max = std::size_t(512) << 10;
+    t.one_shot_ll_max = std::size_t(1) << 20;
     t.one_shot_max = std::size_t(64) << 20;
     t.two_shot_max = std::size_t(64) << 20;
     t.source = "builtin:h200x2";

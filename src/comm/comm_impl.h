@@ -79,7 +79,7 @@ struct CommImpl {
   std::size_t off_two = 0, off_one = 0, off_ll = 0;  // region offsets in the workspace data
   std::size_t two_chunk_cap = 0, one_cap = 0, ll_cap = 0;
   int blocks = 128;     // grid of the barrier algorithms (fixed for the communicator's life; TPCOMM_AR_BLOCKS)
-  int ll_blocks = 32;   // grid of the barrier-free one-shot (TPCOMM_AR_LL_BLOCKS)
+  int ll_blocks = 64;   // grid of the barrier-free one-shot (TPCOMM_AR_LL_BLOCKS)
   int threads = 512;
   ArState* d_state = nullptr;
   RankData* d_regs = nullptr;

@@ -150,8 +150,8 @@ static void setup_fast_path(const Communicator& comm, CommImpl& c) {
     const char* v = std::getenv(name);
     return v ? std::clamp(std::atoi(v), lo, hi) : def;
   };
-  c.blocks = env_int("TPCOMM_AR_BLOCKS", 128, 1, kMaxBlocks);
-  c.ll_blocks = env_int("TPCOMM_AR_LL_BLOCKS", 32, 1, kMaxBlocks);
+  c.blocks = env_int("TPCOMM_AR_BLOCKS", 128, 1, kMaxBlocks);  // 128 beat 32/64/96/256 at 4-64 MiB (h200x2)
+  c.ll_blocks = env_int("TPCOMM_AR_LL_BLOCKS", 64, 1, kMaxBlocks);  // 64 beat 16/32 from 256 KiB up (h200x2)
   c.threads = env_int("TPCOMM_AR_THREADS", 512, 64, 512) / 32 * 32;
   // Data layout: [two-shot: 2 parities x (W slots + W gather) chunks][one-shot: 2 parities x W slots]
   //              [barrier-free: 3 buffers x W slots]

@@ -81,6 +81,20 @@ struct Case {
 
 constexpr std::size_t kGuard = 256;
 
+// One long-lived registered buffer for the zero-copy cases (how vLLM-style users register: a few large
+// buffers once, not many small ones; small cudaMalloc blocks can share an IPC chunk that maps only once).
+void* zero_copy_arena(const Communicator& comm, std::size_t bytes) {
+  static void* arena = nullptr;
+  static std::size_t arena_bytes = 0;
+  if (arena == nullptr) {
+    arena_bytes = std::size_t(32) << 20;
+    if (cudaMalloc(&arena, arena_bytes) != cudaSuccess) throw std::runtime_error("cudaMalloc arena");
+    register_buffer(comm, arena, arena_bytes);
+  }
+  if (bytes > arena_bytes) throw std::runtime_error("zero-copy case larger than the arena");
+  return arena;
+}
+
 // Runs one case and checks: every element within tolerance of the float64 reference, within 2x tolerance
 // of NCCL, guards around the output untouched, results bitwise identical on all ranks. Returns false when
 // the case cannot run with this configuration (pinned algorithm over its workspace), identically on all ranks.
@@ -99,7 +113,9 @@ bool run_case(const Communicator& comm, const Case& c, cudaStream_t s) {
   const std::vector<double> ref = test::reference_all_reduce(inputs, c.count, c.dtype, c.op);
 
   const std::size_t total = kGuard + c.offset + bytes + kGuard;
-  DevBuf in(total), out(total), nccl_out(total);
+  DevBuf in_own(total), out(total), nccl_out(total);
+  void* in_base = c.zero_copy ? zero_copy_arena(comm, total) : in_own.p;
+  struct { void* p; char* c() const { return static_cast<char*>(p); } } in{in_base};
   std::vector<uint8_t> img_in(total, 0x5A), img_out(total, 0xFF);
   std::memcpy(img_in.data() + kGuard + c.offset, inputs[R].data(), bytes);
   EXPECT_EQ(cudaMemcpy(in.p, img_in.data(), total, cudaMemcpyHostToDevice), cudaSuccess);
@@ -109,7 +125,6 @@ bool run_case(const Communicator& comm, const Case& c, cudaStream_t s) {
   char* out_ptr = c.in_place ? in_ptr : out.c() + kGuard + c.offset;
 
   all_reduce(comm, in_ptr, nccl_out.c() + kGuard + c.offset, c.count, c.dtype, c.op, s, {AllReduceAlgo::kNccl, false});
-  if (c.zero_copy) register_buffer(comm, in.p, total);
   const AllReduceAlgo ran = all_reduce(comm, in_ptr, out_ptr, c.count, c.dtype, c.op, s, {c.algo, c.zero_copy});
   comm.synchronize(s);
   if (c.algo != AllReduceAlgo::kAuto) EXPECT_EQ(ran, c.algo);
@@ -176,6 +191,37 @@ TEST_P(AllReduceMatrix, EveryOpAlgorithmSizeLayout) {
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, AllReduceMatrix, ::testing::Values(DType::kBFloat16, DType::kFloat16, DType::kFloat32),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
+
+// A registered buffer freed and replaced by a new one (often at the same address) must not be read
+// through the old mapping.
+TEST(AllReduceZeroCopy, ReRegisteringAReplacedBufferReadsTheNewOne) {
+  Communicator& comm = mp_comm();
+  const int W = comm.world_size(), R = comm.rank();
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  const std::size_t count = 1 << 20;
+  const DType dt = DType::kBFloat16;
+  DevBuf out(count * 2);
+  for (int round = 0; round < 3; ++round) {
+    auto in = std::make_unique<DevBuf>(std::size_t(8) << 20);
+    register_buffer(comm, in->p, in->bytes);
+    const uint64_t seed = shared_seed(comm);
+    std::vector<std::vector<uint8_t>> inputs(W);
+    for (int r = 0; r < W; ++r) inputs[r] = test::make_input(count, dt, seed, r);
+    const auto ref = test::reference_all_reduce(inputs, count, dt, ReduceOp::kSum);
+    CUDA_OK(cudaMemcpy(in->p, inputs[R].data(), count * 2, cudaMemcpyHostToDevice));
+    all_reduce(comm, in->p, out.p, count, dt, ReduceOp::kSum, s, {AllReduceAlgo::kOneShot, true});
+    comm.synchronize(s);
+    std::vector<uint8_t> got(count * 2);
+    CUDA_OK(cudaMemcpy(got.data(), out.p, got.size(), cudaMemcpyDeviceToHost));
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < count; ++i)
+      bad += !(std::fabs(test::load_element(got.data(), i, dt) - ref[i]) <= test::all_reduce_tolerance(ref[i], dt, W));
+    EXPECT_EQ(bad, 0u) << "round " << round;
+    comm.host_barrier();  // peers are done reading before the buffer is freed
+  }
+  cudaStreamDestroy(s);
+}
 
 TEST(AllReduce, FastPathIsOnOverNvlinkPeers) {
   const Topology& t = mp_comm().topology();

@@ -101,13 +101,21 @@ struct BlockBarrier {
   int max_ranks;
 };
 
-__device__ __forceinline__ bool block_barrier(const SyncContext& ctx, const BlockBarrier& bar, uint32_t epoch, uint32_t tag) {
+// Split form of the barrier, for pipelines: arrive publishes this block's epoch (after all its threads'
+// prior writes) and returns at once; wait blocks until every peer's block has arrived at `epoch`.
+__device__ __forceinline__ void block_arrive(const BlockBarrier& bar, uint32_t epoch, uint32_t tag) {
   __syncthreads();
-  bool ok = true;
   const int p = threadIdx.x;
   if (p < bar.world_size) {
     const uint64_t mine = (static_cast<uint64_t>(tag) << 32) | epoch;
     st_release_sys(bar.peer_flags[p] + blockIdx.x * bar.max_ranks + bar.rank, mine);
+  }
+}
+
+__device__ __forceinline__ bool block_wait(const SyncContext& ctx, const BlockBarrier& bar, uint32_t epoch, uint32_t tag) {
+  bool ok = true;
+  const int p = threadIdx.x;
+  if (p < bar.world_size) {
     const uint64_t* slot = bar.my_flags + blockIdx.x * bar.max_ranks + p;
     ok = wait_until(ctx, slot, p, [epoch](uint64_t v) { return static_cast<int32_t>(static_cast<uint32_t>(v) - epoch) >= 0; });
     if (ok) {
@@ -120,6 +128,11 @@ __device__ __forceinline__ bool block_barrier(const SyncContext& ctx, const Bloc
   }
   ok = __syncthreads_and(ok);
   return ok && !aborted(ctx);
+}
+
+__device__ __forceinline__ bool block_barrier(const SyncContext& ctx, const BlockBarrier& bar, uint32_t epoch, uint32_t tag) {
+  block_arrive(bar, epoch, tag);
+  return block_wait(ctx, bar, epoch, tag);
 }
 
 }  // namespace tpcomm::device
