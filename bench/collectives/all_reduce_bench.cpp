@@ -118,20 +118,39 @@ int iters_for(std::size_t bytes, bool quick) {
   return 10;
 }
 
-// Peer copy bandwidth GPU(rank 0) -> GPU(rank 1) with the copy engine through a peer mapping (GB/s).
-double peer_copy_GBps(const Communicator& comm, cudaStream_t s) {
-  if (comm.world_size() < 2 || !comm.fast_path()) return 0;
+// Peer copy bandwidth with the copy engine through a peer mapping (GB/s per direction):
+//  uni:   rank 0 -> rank 1 alone;
+//  bidir: every rank copies to its right neighbour at the same time (what an all-reduce does: at W = 2
+//         each rank must send and receive the whole message), slowest rank's rate.
+struct PeerCopy {
+  double uni = 0, bidir = 0;
+};
+PeerCopy peer_copy_GBps(const Communicator& comm, cudaStream_t s) {
+  PeerCopy pc;
+  if (comm.world_size() < 2 || !comm.fast_path()) return pc;
   const std::size_t bytes = std::size_t(512) << 20;
   auto buf = SymmetricBuffer::allocate(comm, bytes);
-  double gbps = 0;
-  if (comm.rank() == 0) {
+  const int R = comm.rank(), W = comm.world_size();
+  double uni = 0;
+  if (R == 0) {
     const double us = time_eager_us(s, [&] { BENCH_CUDA(cudaMemcpyAsync(buf->peer(1), buf->local(), bytes, cudaMemcpyDeviceToDevice, s)); }, 1, 10, 2);
-    gbps = bytes / (us * 1e3);
+    uni = bytes / (us * 1e3);
   }
   comm.host_barrier();
-  std::vector<double> all(comm.world_size());
-  comm.host_all_gather(&gbps, all.data(), sizeof(double));
-  return all[0];
+  std::vector<double> all(W);
+  comm.host_all_gather(&uni, all.data(), sizeof(double));
+  pc.uni = all[0];
+  // Simultaneous: each replay is preceded by a host barrier so the copies overlap.
+  std::vector<double> samples;
+  for (int r = 0; r < 7; ++r) {
+    comm.host_barrier();
+    const double us = time_eager_us(s, [&] { BENCH_CUDA(cudaMemcpyAsync(buf->peer((R + 1) % W), buf->local(), bytes, cudaMemcpyDeviceToDevice, s)); }, 1, 1, 0);
+    samples.push_back(us);
+  }
+  double bi = bytes / (median(samples) * 1e3);
+  comm.host_all_gather(&bi, all.data(), sizeof(double));
+  pc.bidir = *std::min_element(all.begin(), all.end());
+  return pc;
 }
 
 int run(int argc, char** argv) {
@@ -173,8 +192,11 @@ int run(int argc, char** argv) {
     std::printf("reproduce: %s\n", command.c_str());
     std::fflush(stdout);
   }
-  const double peer_gbps = peer_copy_GBps(*comm, s);
-  if (lead) std::printf("peer copy (copy engine, GPU0->GPU1, 512 MiB): %.1f GB/s\n", peer_gbps);
+  const PeerCopy pc = peer_copy_GBps(*comm, s);
+  const double peer_gbps = pc.uni;
+  if (lead)
+    std::printf("peer copy (copy engine, 512 MiB): GPU0->GPU1 alone %.1f GB/s; all ranks at once %.1f GB/s per direction\n",
+                pc.uni, pc.bidir);
 
   std::vector<std::size_t> sizes;
   for (double b = static_cast<double>(a.begin); b <= static_cast<double>(a.end) * 1.0001; b *= a.factor) {
@@ -304,7 +326,7 @@ int run(int argc, char** argv) {
     const AllReduceTable t = default_all_reduce_table(W);
     JsonObject top;
     top.add("device", device_name(comm->device())).add("world_size", W).add("command", command);
-    top.add("peer_copy_GBps", peer_gbps).add("fast_path", comm->fast_path()).add("auto_table", t.source);
+    top.add("peer_copy_GBps", peer_gbps).add("peer_copy_bidir_GBps", pc.bidir).add("fast_path", comm->fast_path()).add("auto_table", t.source);
     int ncclv = 0;
     ncclGetVersion(&ncclv);
     top.add("nccl_version", ncclv).add("check", a.check).add("failures", failures);
