@@ -1,6 +1,7 @@
 // Host side of the all-reduce: validation, algorithm choice, zero-copy registration, and the one place that
 // maps (dtype, op, algorithm) to kernel templates.
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -34,10 +35,12 @@ KernelFn pick_algo(AllReduceAlgo algo) {
   throw Error(ErrorCode::kInternal, "no kernel for algorithm " + std::string(all_reduce_algo_name(algo)));
 }
 
+std::atomic<bool> g_force_generic{false};
+
 template <typename T, ReduceOp OP>
 KernelFn pick_world(int world, AllReduceAlgo algo) {
   // W = 2 is specialized (unrolled rank loops, more loads in flight); other sizes read p.world.
-  return world == 2 ? pick_algo<T, OP, 2>(algo) : pick_algo<T, OP, 0>(algo);
+  return world == 2 && !g_force_generic.load(std::memory_order_relaxed) ? pick_algo<T, OP, 2>(algo) : pick_algo<T, OP, 0>(algo);
 }
 
 template <typename T>
@@ -155,6 +158,10 @@ const detail::Registration* find_registration(const CommImpl& c, const void* p, 
 
 }  // namespace
 
+namespace detail {
+void set_force_generic_world_kernels(bool on) { g_force_generic.store(on); }
+}  // namespace detail
+
 AllReduceAlgo resolve_all_reduce(const Communicator& comm, std::size_t bytes, AllReduceAlgo requested) {
   const CommImpl& c = comm.impl();
   if (requested == AllReduceAlgo::kNccl) return requested;
@@ -196,6 +203,9 @@ AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* outp
   TPCOMM_ARG_CHECK(!overlap || input == output, "output", "partially overlaps input (in place needs output == input)");
 
   AllReduceAlgo algo = resolve_all_reduce(comm, bytes, options.algo);
+  if (log_level() >= LogLevel::kDebug)
+    log(LogLevel::kDebug, std::string("all_reduce: ") + std::to_string(bytes) + " bytes " + dtype_name(dtype) + " -> " +
+                              all_reduce_algo_name(algo) + (options.algo == AllReduceAlgo::kAuto ? " (auto)" : " (pinned)"));
   if (options.zero_copy) {
     if (options.algo != AllReduceAlgo::kOneShot)
       throw Error(ErrorCode::kInvalidArgument, "zero_copy: only the pinned one_shot algorithm reads peers' buffers directly");

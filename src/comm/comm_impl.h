@@ -107,6 +107,10 @@ struct CommImpl {
   void* map_peer_allocation(int peer, const cudaIpcMemHandle_t& h, uintptr_t peer_base, int peer_pid, void* peer_ptr);
 };
 
+// Test hook: run the generic-world-size kernels (used for W = 3..8) even at W = 2, so a 2-GPU machine
+// exercises that code.
+void set_force_generic_world_kernels(bool on);
+
 // NCCL datatype/op for tpcomm's enums; throws kInvalidArgument naming `arg`.
 ncclDataType_t to_nccl(DType dtype, const char* arg);
 ncclRedOp_t to_nccl(ReduceOp op, const char* arg);

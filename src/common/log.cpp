@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <atomic>
 #include <mutex>
 
 namespace tpcomm {
@@ -20,8 +21,8 @@ LogLevel initial_level() {
   return LogLevel::kWarn;
 }
 
-LogLevel& level_ref() {
-  static LogLevel level = initial_level();
+std::atomic<int>& level_ref() {
+  static std::atomic<int> level{static_cast<int>(initial_level())};
   return level;
 }
 
@@ -42,19 +43,13 @@ void set_log_callback(LogCallback cb) {
   g_cb = std::move(cb);
 }
 
-void set_log_level(LogLevel level) {
-  std::lock_guard<std::mutex> lock(g_mu);
-  level_ref() = level;
-}
+void set_log_level(LogLevel level) { level_ref().store(static_cast<int>(level)); }
 
-LogLevel log_level() {
-  std::lock_guard<std::mutex> lock(g_mu);
-  return level_ref();
-}
+LogLevel log_level() { return static_cast<LogLevel>(level_ref().load(std::memory_order_relaxed)); }
 
 void log(LogLevel level, const std::string& message) {
+  if (static_cast<int>(level) > level_ref().load(std::memory_order_relaxed)) return;
   std::lock_guard<std::mutex> lock(g_mu);
-  if (static_cast<int>(level) > static_cast<int>(level_ref())) return;
   if (g_cb) {
     g_cb(level, message);
   } else {

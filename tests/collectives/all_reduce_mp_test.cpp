@@ -14,6 +14,7 @@
 
 #include "collectives/all_reduce_ref.h"
 #include "common/mp.h"
+#include "comm/comm_impl.h"
 #include "common/test_util.h"
 #include "tpcomm/tpcomm.h"
 
@@ -186,6 +187,25 @@ TEST_P(AllReduceMatrix, EveryOpAlgorithmSizeLayout) {
     }
   }
   EXPECT_GT(ran, 100);
+  cudaStreamDestroy(s);
+}
+
+// The kernels for W = 3..8 read the world size at run time; run them at W = 2 on this machine (bf16, all
+// ops, algorithms, sizes and layouts).
+TEST(AllReduceGenericWorld, RuntimeWorldSizeKernelsMatchTheReference) {
+  Communicator& comm = mp_comm();
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  detail::set_force_generic_world_kernels(true);
+  int ran = 0;
+  for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax})
+    for (std::size_t count : {std::size_t(7), std::size_t(1023), (std::size_t(1) << 20) + 3})
+      for (AllReduceAlgo algo : {AllReduceAlgo::kOneShotLL, AllReduceAlgo::kOneShot, AllReduceAlgo::kTwoShot})
+        for (std::size_t off : {std::size_t(0), std::size_t(2)})
+          ran += run_case(comm, {DType::kBFloat16, op, algo, false, count, false, off}, s);
+  ran += run_case(comm, {DType::kFloat32, ReduceOp::kSum, AllReduceAlgo::kOneShot, true, 100003, false, 0}, s);
+  detail::set_force_generic_world_kernels(false);
+  EXPECT_GT(ran, 30);
   cudaStreamDestroy(s);
 }
 
