@@ -35,7 +35,7 @@ struct Args {
   double factor = 2;
   DType dtype = DType::kBFloat16;
   ReduceOp op = ReduceOp::kSum;
-  std::vector<std::string> impls = {"auto", "one_shot_ll", "one_shot", "one_shot_zc", "two_shot", "nccl"};
+  std::vector<std::string> impls = {"auto", "one_shot_ll", "one_shot", "one_shot_zc", "two_shot", "one_shot_ce", "nccl"};
   std::vector<std::string> modes = {"graph", "eager"};
   bool check = true;
   std::string out_dir = "bench/results/local", json;
@@ -58,7 +58,7 @@ std::vector<std::string> split(const std::string& s) {
 void usage() {
   std::printf(
       "tpcomm-bench all_reduce [-b MIN] [-e MAX] [-f FACTOR] [--dtype bf16|f16|f32] [--op sum|max|min]\n"
-      "    [--impls auto,one_shot_ll,one_shot,one_shot_zc,two_shot,nccl] [--modes graph,eager]\n"
+      "    [--impls auto,one_shot_ll,one_shot,one_shot_zc,two_shot,one_shot_ce,nccl] [--modes graph,eager]\n"
       "    [--check|--no-check] [--quick] [--out DIR] [--json PATH] [--nproc N]\n");
 }
 

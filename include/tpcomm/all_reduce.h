@@ -8,6 +8,9 @@
 //   kOneShot   : each rank reads every peer's copy (copy-in into the workspace, or the caller's registered
 //                buffer) after one block-level barrier, and reduces. Medium messages.
 //   kTwoShot   : reduce-scatter then all-gather, both pushed over NVLink (2 barriers). Large messages.
+//   kOneShotCE : the copy engine pushes the input to every peer in 4 MiB chunks, each followed by a flag
+//                (cuStreamWriteValue32); a reduce kernel consumes chunks as they land. Leaves the SMs free
+//                (seed 000's low-contention path); large messages at W = 2.
 //   kNccl      : ncclAllReduce.
 //   kAuto      : picks from the crossover table (select_all_reduce()); see docs in all_reduce_select.
 #pragma once
@@ -24,7 +27,7 @@ namespace tpcomm {
 
 class Communicator;
 
-enum class AllReduceAlgo : int { kAuto = 0, kOneShotLL = 1, kOneShot = 2, kTwoShot = 3, kNccl = 4 };
+enum class AllReduceAlgo : int { kAuto = 0, kOneShotLL = 1, kOneShot = 2, kTwoShot = 3, kNccl = 4, kOneShotCE = 5 };
 
 const char* all_reduce_algo_name(AllReduceAlgo algo) noexcept;  // "auto", "one_shot_ll", ...
 AllReduceAlgo parse_all_reduce_algo(const std::string& text);   // throws kInvalidArgument("algo: ...")
@@ -34,6 +37,7 @@ struct AllReduceTable {
   std::size_t one_shot_ll_max = 0;
   std::size_t one_shot_max = 0;
   std::size_t two_shot_max = 0;
+  std::size_t copy_engine_min = 0;  // from this size up (within its workspace) the copy-engine one-shot; 0 = never
   std::string source;   // "builtin:<name>" or "env:TPCOMM_AR_TABLE"
 };
 // The built-in table for a world size (measured on 2xH200 NVLink; other world sizes use conservative
@@ -41,7 +45,7 @@ struct AllReduceTable {
 AllReduceTable default_all_reduce_table(int world_size);
 // Pure selection (no GPU): what kAuto runs for `bytes`, given the table and the workspace limits.
 AllReduceAlgo select_all_reduce(const AllReduceTable& table, std::size_t bytes, bool fast_path,
-                                std::size_t ll_cap, std::size_t one_cap, std::size_t two_cap);
+                                std::size_t ll_cap, std::size_t one_cap, std::size_t two_cap, std::size_t ce_cap = 0);
 
 struct AllReduceOptions {
   AllReduceAlgo algo = AllReduceAlgo::kAuto;

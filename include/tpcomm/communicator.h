@@ -30,6 +30,9 @@ struct CommOptions {
   std::size_t one_shot_max_bytes = 0;
   // Barrier-free one-shot: workspace 3*W*this (1 MiB).
   std::size_t lamport_max_bytes = 0;
+  // Copy-engine one-shot: workspace W*this (W=2: 64 MiB; larger W: 0 = not allocated, since each rank
+  // would send W-1 full copies).
+  std::size_t copy_engine_max_bytes = 0;
   // Device-side wait timeout in seconds (env TPCOMM_TIMEOUT_S overrides).
   double timeout_s = 5.0;
   // Every op through NCCL (env TPCOMM_FORCE_NCCL=1 or TPCOMM_DISABLE_P2P=1 set this too).

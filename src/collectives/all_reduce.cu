@@ -19,10 +19,37 @@
 namespace tpcomm {
 namespace {
 
+std::atomic<bool> g_force_generic{false};  // test hook, see detail::set_force_generic_world_kernels
+
 using detail::AllReduceParams;
 using detail::CommImpl;
 
 using KernelFn = void (*)(AllReduceParams);
+using CeKernelFn = void (*)(detail::CeParams);
+
+template <typename T, ReduceOp OP>
+CeKernelFn pick_ce_world(int world) {
+  return world == 2 && !g_force_generic.load(std::memory_order_relaxed) ? detail::all_reduce_ce_reduce<T, OP, 2>
+                                                                        : detail::all_reduce_ce_reduce<T, OP, 0>;
+}
+template <typename T>
+CeKernelFn pick_ce_op(ReduceOp op, int world) {
+  switch (op) {
+    case ReduceOp::kSum: return pick_ce_world<T, ReduceOp::kSum>(world);
+    case ReduceOp::kMax: return pick_ce_world<T, ReduceOp::kMax>(world);
+    case ReduceOp::kMin: return pick_ce_world<T, ReduceOp::kMin>(world);
+  }
+  throw Error(ErrorCode::kInvalidArgument, "op: unknown reduce op " + std::to_string(static_cast<int>(op)));
+}
+CeKernelFn pick_ce_kernel(DType dtype, ReduceOp op, int world) {
+  switch (dtype) {
+    case DType::kFloat32: return pick_ce_op<float>(op, world);
+    case DType::kFloat16: return pick_ce_op<__half>(op, world);
+    case DType::kBFloat16: return pick_ce_op<__nv_bfloat16>(op, world);
+    default: break;
+  }
+  throw Error(ErrorCode::kInvalidArgument, std::string("dtype: ") + dtype_name(dtype) + " is not supported (f32, f16, bf16)");
+}
 
 template <typename T, ReduceOp OP, int kW>
 KernelFn pick_algo(AllReduceAlgo algo) {
@@ -34,8 +61,6 @@ KernelFn pick_algo(AllReduceAlgo algo) {
   }
   throw Error(ErrorCode::kInternal, "no kernel for algorithm " + std::string(all_reduce_algo_name(algo)));
 }
-
-std::atomic<bool> g_force_generic{false};
 
 template <typename T, ReduceOp OP>
 KernelFn pick_world(int world, AllReduceAlgo algo) {
@@ -80,6 +105,7 @@ std::size_t cap_of(const CommImpl& c, AllReduceAlgo a) {
     case AllReduceAlgo::kOneShotLL: return c.opts.lamport_max_bytes;
     case AllReduceAlgo::kOneShot: return c.opts.one_shot_max_bytes;
     case AllReduceAlgo::kTwoShot: return c.opts.two_shot_max_bytes;
+    case AllReduceAlgo::kOneShotCE: return c.ce_cap;
     default: return ~std::size_t(0);
   }
 }
@@ -88,6 +114,7 @@ const char* cap_option(AllReduceAlgo a) {
   switch (a) {
     case AllReduceAlgo::kOneShotLL: return "CommOptions::lamport_max_bytes";
     case AllReduceAlgo::kOneShot: return "CommOptions::one_shot_max_bytes";
+    case AllReduceAlgo::kOneShotCE: return "CommOptions::copy_engine_max_bytes";
     default: return "CommOptions::two_shot_max_bytes";
   }
 }
@@ -156,6 +183,72 @@ const detail::Registration* find_registration(const CommImpl& c, const void* p, 
   return nullptr;
 }
 
+template <typename P, typename K>
+void launch(K kernel, const P& params, int blocks, int threads, cudaStream_t stream) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(blocks);
+  cfg.blockDim = dim3(threads);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  TPCOMM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, params));
+}
+
+// Copy-engine one-shot (see all_reduce_ce_ready / all_reduce_ce_reduce for the protocol).
+void run_copy_engine_one_shot(CommImpl& c, const void* input, void* output, std::size_t count, std::size_t bytes,
+                              DType dtype, ReduceOp op, cudaStream_t stream) {
+  constexpr std::size_t kChunkBytes = std::size_t(4) << 20;  // 10 us of NVLink per chunk; up to 16 chunks
+  std::size_t chunk = kChunkBytes;
+  while ((bytes + chunk - 1) / chunk > static_cast<std::size_t>(detail::kCeMaxChunks)) chunk *= 2;
+  detail::CeParams p{};
+  p.input = input;
+  p.output = output;
+  p.count = count;
+  p.nvec = (bytes + 15) / 16;
+  p.chunk_vecs = chunk / 16;
+  p.nchunks = static_cast<int>((bytes + chunk - 1) / chunk);
+  p.rank = c.rank;
+  p.world = c.world;
+  p.in_aligned = reinterpret_cast<uintptr_t>(input) % 16 == 0;
+  p.out_aligned = reinterpret_cast<uintptr_t>(output) % 16 == 0;
+  p.slots = static_cast<const char*>(c.ws->local()) + c.off_ce;
+  p.cap = c.ce_cap;
+  p.flags = reinterpret_cast<uint32_t*>(reinterpret_cast<char*>(c.ws->local_signal_pad()) + detail::kPadCeOffset);
+  p.state = c.d_state;
+  p.bar.peer_flags = reinterpret_cast<uint64_t* const*>(c.ws->device_peer_signal_pads());
+  p.bar.my_flags = reinterpret_cast<uint64_t*>(c.ws->local_signal_pad());
+  p.bar.rank = c.rank;
+  p.bar.world_size = c.world;
+  p.bar.max_ranks = detail::kMaxRanks;
+  p.sync = c.sync_ctx();
+  p.size_tag = static_cast<uint32_t>(bytes);
+  launch(detail::all_reduce_ce_ready, p, 1, 32, stream);
+  TPCOMM_CUDA_CHECK(cudaEventRecord(c.ce_fork, stream));
+  TPCOMM_CUDA_CHECK(cudaStreamWaitEvent(c.ce_stream, c.ce_fork, 0));
+  for (int k = 0; k < p.nchunks; ++k) {
+    const std::size_t off = static_cast<std::size_t>(k) * chunk;
+    const std::size_t len = std::min(chunk, bytes - off);
+    for (int q = 0; q < c.world; ++q) {
+      if (q == c.rank) continue;
+      char* dst = static_cast<char*>(c.ws->peer(q)) + c.off_ce + static_cast<std::size_t>(c.rank) * c.ce_cap + off;
+      TPCOMM_CUDA_CHECK(cudaMemcpyAsync(dst, static_cast<const char*>(input) + off, len, cudaMemcpyDeviceToDevice, c.ce_stream));
+    }
+    // Flag every peer, and myself: my own flag says my copy engine has finished reading this input chunk,
+    // so an in-place reduce may overwrite it.
+    for (int q = 0; q < c.world; ++q) {
+      auto* flag = reinterpret_cast<uint32_t*>(reinterpret_cast<char*>(c.ws->peer_signal_pad(q)) + detail::kPadCeOffset) +
+                   k * detail::kMaxRanks + c.rank;
+      stream_write_value32(c.ce_stream, flag, 1u);
+    }
+  }
+  launch(pick_ce_kernel(dtype, op, c.world), p, c.blocks, c.threads, stream);
+  TPCOMM_CUDA_CHECK(cudaEventRecord(c.ce_join, c.ce_stream));
+  TPCOMM_CUDA_CHECK(cudaStreamWaitEvent(stream, c.ce_join, 0));
+}
+
 }  // namespace
 
 namespace detail {
@@ -177,7 +270,8 @@ AllReduceAlgo resolve_all_reduce(const Communicator& comm, std::size_t bytes, Al
   }
   static const AllReduceTable table = default_all_reduce_table(c.world);
   return select_all_reduce(table, bytes, c.topo.fast_path, cap_of(c, AllReduceAlgo::kOneShotLL),
-                           cap_of(c, AllReduceAlgo::kOneShot), cap_of(c, AllReduceAlgo::kTwoShot));
+                           cap_of(c, AllReduceAlgo::kOneShot), cap_of(c, AllReduceAlgo::kTwoShot),
+                           cap_of(c, AllReduceAlgo::kOneShotCE));
 }
 
 AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* output, std::size_t count, DType dtype,
@@ -206,6 +300,8 @@ AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* outp
   if (log_level() >= LogLevel::kDebug)
     log(LogLevel::kDebug, std::string("all_reduce: ") + std::to_string(bytes) + " bytes " + dtype_name(dtype) + " -> " +
                               all_reduce_algo_name(algo) + (options.algo == AllReduceAlgo::kAuto ? " (auto)" : " (pinned)"));
+  if (algo == AllReduceAlgo::kOneShotCE && bytes > static_cast<std::size_t>(detail::kCeMaxChunks) * c.ce_cap)
+    throw Error(ErrorCode::kInternal, "copy-engine chunking");
   if (options.zero_copy) {
     if (options.algo != AllReduceAlgo::kOneShot)
       throw Error(ErrorCode::kInvalidArgument, "zero_copy: only the pinned one_shot algorithm reads peers' buffers directly");
@@ -228,6 +324,13 @@ AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* outp
     return algo;
   }
 
+  if (algo == AllReduceAlgo::kOneShotCE) {
+    run_copy_engine_one_shot(c, input, output, count, bytes, dtype, op, stream);
+    c.fast_calls++;
+    c.zero_copy_calls++;
+    c.note_enqueued(stream);
+    return algo;
+  }
   const KernelFn kernel = pick_kernel(dtype, op, c.world, algo);
   AllReduceParams p{};
   p.input = input;

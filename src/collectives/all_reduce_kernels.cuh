@@ -155,7 +155,8 @@ template <int kW>
 struct World {
   static constexpr int kMax = kW > 0 ? kW : kMaxRanks;
   static constexpr int kUnroll = kW == 2 ? 4 : 2;  // 16-byte vectors in flight per thread and rank
-  __device__ __forceinline__ static int size(const AllReduceParams& p) { return kW > 0 ? kW : p.world; }
+  template <typename P>
+  __device__ __forceinline__ static int size(const P& p) { return kW > 0 ? kW : p.world; }
 };
 
 // ---- barrier-free one-shot (flag in data) -------------------------------------------------------------
@@ -492,6 +493,104 @@ __global__ void __launch_bounds__(512) all_reduce_two_shot(const __grid_constant
   }
   st.seq += 1;
   finish_block(bs, st);
+}
+
+// ---- copy-engine one-shot ----------------------------------------------------------------------------
+// Per call, on the caller's stream: ce_ready (1 block: reset this rank's arrival flags, then a cross-rank
+// barrier, so every peer has finished reducing the previous call and its slot for us is free) -> fork to the
+// communicator's copy stream: for each 4 MiB chunk, cudaMemcpyAsync of the chunk into slot[my rank] of every
+// peer, then cuStreamWriteValue32(peer flag[chunk][my rank] = 1) -> meanwhile ce_reduce on the caller's
+// stream waits for each chunk's flags and reduces it (own input + W-1 slots) -> join.
+// Flags only ever go 0 -> 1 (copy stream) -> 0 (ce_ready of the next call on the receiver), so the written
+// value is a constant and the whole sequence can be captured in a CUDA graph.
+struct CeParams {
+  const void* input;
+  void* output;
+  std::size_t count;
+  std::size_t nvec;
+  std::size_t chunk_vecs;
+  int nchunks;
+  int rank;
+  int world;
+  bool in_aligned;
+  bool out_aligned;
+  const char* slots;   // this rank's copy-engine region: W slots of `cap` bytes
+  std::size_t cap;
+  uint32_t* flags;     // this rank's arrival flags [kCeMaxChunks][kMaxRanks]
+  ArState* state;
+  device::BlockBarrier bar;
+  device::SyncContext sync;
+  uint32_t size_tag;
+};
+
+__global__ void __launch_bounds__(64) all_reduce_ce_ready(const __grid_constant__ CeParams p) {
+  griddep_wait();
+  griddep_launch_dependents();
+  for (int i = threadIdx.x; i < kCeMaxChunks * kMaxRanks; i += blockDim.x) p.flags[i] = 0;
+  BlockState* bs = &p.state->blocks[kCeBarrierRow];
+  BlockState st = *bs;
+  // The barrier on flag row kCeBarrierRow (not blockIdx.x): this row belongs to this kernel alone.
+  __syncthreads();
+  bool ok = true;
+  const int q = threadIdx.x;
+  const uint32_t epoch = st.epoch + 1;
+  if (q < p.world) {
+    const uint64_t mine = (static_cast<uint64_t>(p.size_tag) << 32) | epoch;
+    device::st_release_sys(p.bar.peer_flags[q] + kCeBarrierRow * p.bar.max_ranks + p.rank, mine);
+    const uint64_t* slot = p.bar.my_flags + kCeBarrierRow * p.bar.max_ranks + q;
+    ok = device::wait_until(p.sync, slot, q, [epoch](uint64_t v) { return static_cast<int32_t>(static_cast<uint32_t>(v) - epoch) >= 0; });
+    if (ok) {
+      const uint64_t v = device::ld_acquire_sys(slot);
+      if (static_cast<uint32_t>(v) == epoch && static_cast<uint32_t>(v >> 32) != p.size_tag)
+        device::report_error(p.sync, device::kDevSizeMismatch, q, static_cast<uint32_t>(v >> 32));
+    }
+  }
+  __syncthreads();
+  st.epoch = epoch;
+  if (threadIdx.x == 0) *bs = st;
+}
+
+template <typename T, ReduceOp OP, int kW>
+__global__ void __launch_bounds__(512) all_reduce_ce_reduce(const __grid_constant__ CeParams p) {
+  griddep_wait();
+  griddep_launch_dependents();
+  using Wd = World<kW>;
+  constexpr int U = Wd::kUnroll;
+  const int W = Wd::size(p);
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const T* in = static_cast<const T*>(p.input);
+  for (int k = 0; k < p.nchunks; ++k) {
+    bool ok = true;
+    const int q = threadIdx.x;
+    if (q < W)  // q == rank: my own copies of this chunk are done (in place: its input may be overwritten)
+      ok = device::wait_until(p.sync, p.flags + k * kMaxRanks + q, q, [](uint32_t v) { return v == 1u; });
+    if (!__syncthreads_and(ok) || device::aborted(p.sync)) return;
+    const std::size_t v0 = static_cast<std::size_t>(k) * p.chunk_vecs;
+    const std::size_t v1 = v0 + p.chunk_vecs < p.nvec ? v0 + p.chunk_vecs : p.nvec;
+    for (std::size_t base = v0 + tid; base < v1; base += stride * U) {
+      Acc<T, OP> acc[U];
+#pragma unroll
+      for (int r = 0; r < Wd::kMax; ++r) {
+        if (r >= W) break;
+        uint4 x[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const std::size_t v = base + u * stride;
+          if (v < v1) x[u] = r == p.rank ? load_vec(in, v, p.count, p.in_aligned) : ld_v4_cg(p.slots + r * p.cap + v * 16);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (base + u * stride >= v1) continue;
+          if (r == 0) acc[u].set(x[u]);
+          else acc[u].add(x[u]);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (base + u * stride < v1) store_vec(static_cast<T*>(p.output), base + u * stride, p.count, p.out_aligned, acc[u].get());
+    }
+  }
 }
 
 }  // namespace tpcomm::detail

@@ -14,6 +14,7 @@ const char* all_reduce_algo_name(AllReduceAlgo algo) noexcept {
     case AllReduceAlgo::kOneShot: return "one_shot";
     case AllReduceAlgo::kTwoShot: return "two_shot";
     case AllReduceAlgo::kNccl: return "nccl";
+    case AllReduceAlgo::kOneShotCE: return "one_shot_ce";
   }
   return "unknown";
 }
@@ -24,8 +25,9 @@ AllReduceAlgo parse_all_reduce_algo(const std::string& t) {
   if (t == "one_shot" || t == "oneshot") return AllReduceAlgo::kOneShot;
   if (t == "two_shot" || t == "twoshot") return AllReduceAlgo::kTwoShot;
   if (t == "nccl") return AllReduceAlgo::kNccl;
+  if (t == "one_shot_ce" || t == "ce") return AllReduceAlgo::kOneShotCE;
   throw Error(ErrorCode::kInvalidArgument, "algo: unknown all-reduce algorithm '" + t +
-                                               "' (auto, one_shot_ll, one_shot, two_shot, nccl)");
+                                               "' (auto, one_shot_ll, one_shot, two_shot, one_shot_ce, nccl)");
 }
 
 static std::size_t parse_bytes(const std::string& s, const std::string& whole) {
@@ -55,6 +57,7 @@ AllReduceTable default_all_reduce_table(int world_size) {
     t.one_shot_ll_max = std::size_t(1) << 20;
     t.one_shot_max = std::size_t(64) << 20;
     t.two_shot_max = std::size_t(64) << 20;
+    t.copy_engine_min = std::size_t(16) << 20;
     t.source = "builtin:h200x2";
   } else if (world_size <= 4) {
     t.one_shot_ll_max = std::size_t(128) << 10;
@@ -80,7 +83,8 @@ AllReduceTable default_all_reduce_table(int world_size) {
       if (key == "ll") t.one_shot_ll_max = val;
       else if (key == "one") t.one_shot_max = val;
       else if (key == "two") t.two_shot_max = val;
-      else throw Error(ErrorCode::kInvalidArgument, "TPCOMM_AR_TABLE: unknown key '" + key + "' (ll, one, two)");
+      else if (key == "ce") t.copy_engine_min = val;
+      else throw Error(ErrorCode::kInvalidArgument, "TPCOMM_AR_TABLE: unknown key '" + key + "' (ll, one, two, ce)");
       if (end == std::string::npos) break;
       start = end + 1;
     }
@@ -90,8 +94,9 @@ AllReduceTable default_all_reduce_table(int world_size) {
 }
 
 AllReduceAlgo select_all_reduce(const AllReduceTable& t, std::size_t bytes, bool fast_path, std::size_t ll_cap,
-                                std::size_t one_cap, std::size_t two_cap) {
+                                std::size_t one_cap, std::size_t two_cap, std::size_t ce_cap) {
   if (!fast_path) return AllReduceAlgo::kNccl;
+  if (t.copy_engine_min && bytes >= t.copy_engine_min && bytes <= ce_cap) return AllReduceAlgo::kOneShotCE;
   if (bytes <= t.one_shot_ll_max && bytes <= ll_cap) return AllReduceAlgo::kOneShotLL;
   if (bytes <= t.one_shot_max && bytes <= one_cap) return AllReduceAlgo::kOneShot;
   if (bytes <= t.two_shot_max && bytes <= two_cap) return AllReduceAlgo::kTwoShot;

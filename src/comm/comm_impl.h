@@ -26,7 +26,12 @@ constexpr std::size_t kSignalPadBytes = 64 * 1024;  // flags 16 KiB + probe word
 // Signal-pad layout of the all-reduce workspace (bytes from the pad start):
 constexpr std::size_t kPadFlagsOffset = 0;                                    // u64 [kMaxBlocks][kMaxRanks]
 constexpr std::size_t kPadProbeOffset = kMaxBlocks * kMaxRanks * sizeof(uint64_t);  // u32 [kMaxRanks]
-static_assert(kPadProbeOffset + kMaxRanks * sizeof(uint32_t) <= kSignalPadBytes, "signal pad too small");
+// Copy-engine one-shot: arrival flags u32 [kCeMaxChunks][kMaxRanks], set to 1 by the sender's copy stream
+// (cuStreamWriteValue32) after a chunk's copy, reset to 0 by the receiver before the next call's barrier.
+constexpr int kCeMaxChunks = 32;
+constexpr std::size_t kPadCeOffset = kPadProbeOffset + 256;
+constexpr int kCeBarrierRow = kMaxBlocks - 1;  // flag row and BlockState replica of the copy-engine barrier
+static_assert(kPadCeOffset + kCeMaxChunks * kMaxRanks * sizeof(uint32_t) <= kSignalPadBytes, "signal pad too small");
 
 // Peer pointers of one zero-copy buffer, in device memory so captured graphs can read them after
 // register_graph_buffers() fills them in.
@@ -76,8 +81,10 @@ struct CommImpl {
 
   // all-reduce workspace
   std::unique_ptr<SymmetricBuffer> ws;
-  std::size_t off_two = 0, off_one = 0, off_ll = 0;  // region offsets in the workspace data
-  std::size_t two_chunk_cap = 0, one_cap = 0, ll_cap = 0;
+  std::size_t off_two = 0, off_one = 0, off_ll = 0, off_ce = 0;  // region offsets in the workspace data
+  std::size_t two_chunk_cap = 0, one_cap = 0, ll_cap = 0, ce_cap = 0;
+  cudaStream_t ce_stream = nullptr;  // copy-engine one-shot: the copies run here, forked from the caller's stream
+  cudaEvent_t ce_fork = nullptr, ce_join = nullptr;
   int blocks = 128;     // grid of the barrier algorithms (fixed for the communicator's life; TPCOMM_AR_BLOCKS)
   int ll_blocks = 64;   // grid of the barrier-free one-shot (TPCOMM_AR_LL_BLOCKS)
   int threads = 512;

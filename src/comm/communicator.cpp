@@ -70,6 +70,7 @@ static void init_common(CommImpl& c) {
   if (c.opts.two_shot_max_bytes == 0) c.opts.two_shot_max_bytes = W <= 2 ? 16 * MiB : 64 * MiB;
   if (c.opts.one_shot_max_bytes == 0) c.opts.one_shot_max_bytes = W <= 2 ? 64 * MiB : (W <= 4 ? 8 * MiB : 4 * MiB);
   if (c.opts.lamport_max_bytes == 0) c.opts.lamport_max_bytes = 1 * MiB;
+  if (c.opts.copy_engine_max_bytes == 0) c.opts.copy_engine_max_bytes = W <= 2 ? 64 * MiB : 0;
 
   TPCOMM_CUDA_CHECK(cudaStreamCreateWithFlags(&c.aux_stream, cudaStreamNonBlocking));
   TPCOMM_CUDA_CHECK(cudaEventCreateWithFlags(&c.last_op, cudaEventDisableTiming));
@@ -150,15 +151,20 @@ static void setup_fast_path(const Communicator& comm, CommImpl& c) {
     const char* v = std::getenv(name);
     return v ? std::clamp(std::atoi(v), lo, hi) : def;
   };
-  c.blocks = env_int("TPCOMM_AR_BLOCKS", 128, 1, kMaxBlocks);  // 128 beat 32/64/96/256 at 4-64 MiB (h200x2)
-  c.ll_blocks = env_int("TPCOMM_AR_LL_BLOCKS", 64, 1, kMaxBlocks);  // 64 beat 16/32 from 256 KiB up (h200x2)
+  c.blocks = env_int("TPCOMM_AR_BLOCKS", 128, 1, kMaxBlocks - 1);  // 128 beat 32/64/96/256 at 4-64 MiB (h200x2)
+  c.ll_blocks = env_int("TPCOMM_AR_LL_BLOCKS", 64, 1, kMaxBlocks - 1);  // 64 beat 16/32 from 256 KiB up (h200x2)
   c.threads = env_int("TPCOMM_AR_THREADS", 512, 64, 512) / 32 * 32;
   // Data layout: [two-shot: 2 parities x (W slots + W gather) chunks][one-shot: 2 parities x W slots]
   //              [barrier-free: 3 buffers x W slots]
   c.off_two = 0;
   c.off_one = c.off_two + 2 * 2 * W * c.two_chunk_cap;
   c.off_ll = c.off_one + 2 * W * c.one_cap;
-  const std::size_t total = c.off_ll + 3 * W * c.ll_cap;
+  c.ce_cap = c.opts.copy_engine_max_bytes ? round16(c.opts.copy_engine_max_bytes) : 0;
+  c.off_ce = c.off_ll + 3 * W * c.ll_cap;  // [copy-engine one-shot: W slots, single buffer]
+  const std::size_t total = c.off_ce + W * c.ce_cap;
+  TPCOMM_CUDA_CHECK(cudaStreamCreateWithFlags(&c.ce_stream, cudaStreamNonBlocking));
+  TPCOMM_CUDA_CHECK(cudaEventCreateWithFlags(&c.ce_fork, cudaEventDisableTiming));
+  TPCOMM_CUDA_CHECK(cudaEventCreateWithFlags(&c.ce_join, cudaEventDisableTiming));
 
   std::string why;
   c.ws = SymmetricAllocator::allocate_agreed(comm, total, kSignalPadBytes, &why);
@@ -344,6 +350,9 @@ void Communicator::destroy() {
   if (c.h_error) cudaFreeHost(c.h_error);
   if (c.last_op) cudaEventDestroy(c.last_op);
   if (c.aux_stream) cudaStreamDestroy(c.aux_stream);
+  if (c.ce_stream) cudaStreamDestroy(c.ce_stream);
+  if (c.ce_fork) cudaEventDestroy(c.ce_fork);
+  if (c.ce_join) cudaEventDestroy(c.ce_join);
   if (c.owns_nccl && c.nccl) ncclCommDestroy(c.nccl);
   c.d_state = nullptr;
   c.d_regs = nullptr;

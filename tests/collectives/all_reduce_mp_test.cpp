@@ -172,7 +172,7 @@ TEST_P(AllReduceMatrix, EveryOpAlgorithmSizeLayout) {
   for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax, ReduceOp::kMin}) {
     for (std::size_t count : {std::size_t(1), std::size_t(7), std::size_t(1023), (std::size_t(1) << 20) + 3}) {
       for (AllReduceAlgo algo : {AllReduceAlgo::kAuto, AllReduceAlgo::kOneShotLL, AllReduceAlgo::kOneShot,
-                                 AllReduceAlgo::kTwoShot, AllReduceAlgo::kNccl}) {
+                                 AllReduceAlgo::kTwoShot, AllReduceAlgo::kOneShotCE, AllReduceAlgo::kNccl}) {
         for (bool zc : {false, true}) {
           if (zc && algo != AllReduceAlgo::kOneShot) continue;
           for (bool in_place : {false, true}) {
@@ -200,7 +200,7 @@ TEST(AllReduceGenericWorld, RuntimeWorldSizeKernelsMatchTheReference) {
   int ran = 0;
   for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax})
     for (std::size_t count : {std::size_t(7), std::size_t(1023), (std::size_t(1) << 20) + 3})
-      for (AllReduceAlgo algo : {AllReduceAlgo::kOneShotLL, AllReduceAlgo::kOneShot, AllReduceAlgo::kTwoShot})
+      for (AllReduceAlgo algo : {AllReduceAlgo::kOneShotLL, AllReduceAlgo::kOneShot, AllReduceAlgo::kTwoShot, AllReduceAlgo::kOneShotCE})
         for (std::size_t off : {std::size_t(0), std::size_t(2)})
           ran += run_case(comm, {DType::kBFloat16, op, algo, false, count, false, off}, s);
   ran += run_case(comm, {DType::kFloat32, ReduceOp::kSum, AllReduceAlgo::kOneShot, true, 100003, false, 0}, s);
@@ -259,15 +259,17 @@ TEST(AllReduceGraph, CaptureAndReplayCopyIn) {
   const std::size_t count = 70000 + 5;
   const DType dt = DType::kBFloat16;
   const std::size_t bytes = count * 2;
-  DevBuf in(bytes), outs(4 * bytes);
-  const AllReduceAlgo algos[4] = {AllReduceAlgo::kAuto, AllReduceAlgo::kOneShotLL, AllReduceAlgo::kOneShot, AllReduceAlgo::kTwoShot};
+  constexpr int A = 5;
+  DevBuf in(bytes), outs(A * bytes);
+  const AllReduceAlgo algos[A] = {AllReduceAlgo::kAuto, AllReduceAlgo::kOneShotLL, AllReduceAlgo::kOneShot, AllReduceAlgo::kTwoShot,
+                                  AllReduceAlgo::kOneShotCE};
   // warm-up outside capture
-  for (int a = 0; a < 4; ++a) all_reduce(comm, in.p, outs.c() + a * bytes, count, dt, ReduceOp::kSum, s, {algos[a], false});
+  for (int a = 0; a < A; ++a) all_reduce(comm, in.p, outs.c() + a * bytes, count, dt, ReduceOp::kSum, s, {algos[a], false});
   comm.synchronize(s);
   cudaGraph_t g;
   cudaGraphExec_t ge;
   CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-  for (int a = 0; a < 4; ++a) all_reduce(comm, in.p, outs.c() + a * bytes, count, dt, ReduceOp::kSum, s, {algos[a], false});
+  for (int a = 0; a < A; ++a) all_reduce(comm, in.p, outs.c() + a * bytes, count, dt, ReduceOp::kSum, s, {algos[a], false});
   CUDA_OK(cudaStreamEndCapture(s, &g));
   CUDA_OK(cudaGraphInstantiate(&ge, g, 0));
   for (int round = 0; round < 3; ++round) {
@@ -276,13 +278,13 @@ TEST(AllReduceGraph, CaptureAndReplayCopyIn) {
     for (int r = 0; r < W; ++r) inputs[r] = test::make_input(count, dt, seed, r);
     const auto ref = test::reference_all_reduce(inputs, count, dt, ReduceOp::kSum);
     CUDA_OK(cudaMemcpy(in.p, inputs[R].data(), bytes, cudaMemcpyHostToDevice));
-    CUDA_OK(cudaMemset(outs.p, 0xFF, 4 * bytes));
+    CUDA_OK(cudaMemset(outs.p, 0xFF, A * bytes));
     comm.host_barrier();
     CUDA_OK(cudaGraphLaunch(ge, s));
     comm.synchronize(s);
-    std::vector<uint8_t> got(4 * bytes);
-    CUDA_OK(cudaMemcpy(got.data(), outs.p, 4 * bytes, cudaMemcpyDeviceToHost));
-    for (int a = 0; a < 4; ++a) {
+    std::vector<uint8_t> got(A * bytes);
+    CUDA_OK(cudaMemcpy(got.data(), outs.p, A * bytes, cudaMemcpyDeviceToHost));
+    for (int a = 0; a < A; ++a) {
       std::size_t bad = 0;
       for (std::size_t i = 0; i < count; ++i)
         bad += !(std::fabs(test::load_element(got.data() + a * bytes, i, dt) - ref[i]) <= test::all_reduce_tolerance(ref[i], dt, W));
@@ -348,7 +350,8 @@ TEST(AllReduceStress, TenThousandMixedCallsNoHangNoDrift) {
   CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   const DType dt = DType::kBFloat16;
   const std::size_t counts[4] = {4096, 32771, 524288, 1500007};
-  const AllReduceAlgo algos[4] = {AllReduceAlgo::kAuto, AllReduceAlgo::kOneShotLL, AllReduceAlgo::kOneShot, AllReduceAlgo::kTwoShot};
+  const AllReduceAlgo algos[5] = {AllReduceAlgo::kAuto, AllReduceAlgo::kOneShotLL, AllReduceAlgo::kOneShot, AllReduceAlgo::kTwoShot,
+                                  AllReduceAlgo::kOneShotCE};
   const uint64_t seed = shared_seed(comm);
   std::vector<std::vector<double>> refs(4);
   std::vector<std::unique_ptr<DevBuf>> ins, outs;
@@ -357,23 +360,23 @@ TEST(AllReduceStress, TenThousandMixedCallsNoHangNoDrift) {
     for (int r = 0; r < W; ++r) inputs[r] = test::make_input(counts[k], dt, seed + k, r);
     refs[k] = test::reference_all_reduce(inputs, counts[k], dt, ReduceOp::kSum);
     ins.push_back(std::make_unique<DevBuf>(counts[k] * 2));
-    outs.push_back(std::make_unique<DevBuf>(counts[k] * 2 * 4));
+    outs.push_back(std::make_unique<DevBuf>(counts[k] * 2 * 5));
     CUDA_OK(cudaMemcpy(ins[k]->p, inputs[R].data(), counts[k] * 2, cudaMemcpyHostToDevice));
   }
   const auto t0 = std::chrono::steady_clock::now();
   std::size_t bad_total = 0;
   for (int it = 0; it < 10000; ++it) {
     const int k = (it * 7 + it / 4) % 4;  // size changes every call
-    const int a = it % 4;                 // algorithm too
+    const int a = it % 5;                 // algorithm too
     AllReduceAlgo algo = algos[a];
     if (algo == AllReduceAlgo::kOneShotLL && counts[k] * 2 > comm.options().lamport_max_bytes) algo = AllReduceAlgo::kAuto;
     all_reduce(comm, ins[k]->p, outs[k]->c() + a * counts[k] * 2, counts[k], dt, ReduceOp::kSum, s, {algo, false});
     if (it % 2500 == 2499) {
       comm.synchronize(s);
       for (int kk = 0; kk < 4; ++kk) {
-        std::vector<uint8_t> got(counts[kk] * 2 * 4);
+        std::vector<uint8_t> got(counts[kk] * 2 * 5);
         CUDA_OK(cudaMemcpy(got.data(), outs[kk]->p, got.size(), cudaMemcpyDeviceToHost));
-        for (int aa = 0; aa < 4; ++aa)
+        for (int aa = 0; aa < 5; ++aa)
           for (std::size_t i = 0; i < counts[kk]; i += 97)
             bad_total += !(std::fabs(test::load_element(got.data() + aa * counts[kk] * 2, i, dt) - refs[kk][i]) <=
                            test::all_reduce_tolerance(refs[kk][i], dt, W));
@@ -415,7 +418,7 @@ TEST(AllReduceFallback, ForcedNcclModeGivesNcclResults) {
 
 // A rank that never joins: the others get kTimeout naming it, within the limit (for each algorithm).
 TEST(AllReduceTimeout, MissingRankIsNamedWithinTheLimit) {
-  for (AllReduceAlgo algo : {AllReduceAlgo::kOneShot, AllReduceAlgo::kOneShotLL, AllReduceAlgo::kTwoShot}) {
+  for (AllReduceAlgo algo : {AllReduceAlgo::kOneShot, AllReduceAlgo::kOneShotLL, AllReduceAlgo::kTwoShot, AllReduceAlgo::kOneShotCE}) {
     CommOptions o;
     o.timeout_s = 1.0;
     auto comm = test::fresh_comm(o);

@@ -14,7 +14,7 @@ const std::size_t kBig = std::size_t(1) << 40;
 }  // namespace
 
 TEST(AllReduceSelect, FollowsTheTableAndTheWorkspaceCaps) {
-  AllReduceTable t{512 * K, 2 * M, 64 * M, "test"};
+  AllReduceTable t{512 * K, 2 * M, 64 * M, 0, "test"};
   EXPECT_EQ(select_all_reduce(t, 8 * K, true, kBig, kBig, kBig), AllReduceAlgo::kOneShotLL);
   EXPECT_EQ(select_all_reduce(t, 512 * K, true, kBig, kBig, kBig), AllReduceAlgo::kOneShotLL);
   EXPECT_EQ(select_all_reduce(t, 512 * K + 2, true, kBig, kBig, kBig), AllReduceAlgo::kOneShot);
@@ -24,6 +24,13 @@ TEST(AllReduceSelect, FollowsTheTableAndTheWorkspaceCaps) {
   EXPECT_EQ(select_all_reduce(t, 300 * K, true, 256 * K, kBig, kBig), AllReduceAlgo::kOneShot);
   EXPECT_EQ(select_all_reduce(t, 1 * M, true, 256 * K, 512 * K, kBig), AllReduceAlgo::kTwoShot);
   EXPECT_EQ(select_all_reduce(t, 8 * M, true, kBig, kBig, 4 * M), AllReduceAlgo::kNccl);
+  // Copy engine from its threshold up, within its workspace.
+  AllReduceTable ce = t;
+  ce.copy_engine_min = 16 * M;
+  EXPECT_EQ(select_all_reduce(ce, 8 * M, true, kBig, kBig, kBig, 64 * M), AllReduceAlgo::kTwoShot);
+  EXPECT_EQ(select_all_reduce(ce, 16 * M, true, kBig, kBig, kBig, 64 * M), AllReduceAlgo::kOneShotCE);
+  EXPECT_EQ(select_all_reduce(ce, 128 * M, true, kBig, kBig, kBig, 64 * M), AllReduceAlgo::kNccl);
+  EXPECT_EQ(select_all_reduce(ce, 32 * M, true, kBig, kBig, kBig, 0), AllReduceAlgo::kTwoShot);
   // No peer memory: NCCL whatever the size.
   EXPECT_EQ(select_all_reduce(t, 8 * K, false, kBig, kBig, kBig), AllReduceAlgo::kNccl);
 }
@@ -58,7 +65,7 @@ TEST(AllReduceSelect, EnvironmentOverride) {
 
 TEST(AllReduceSelect, AlgorithmNamesRoundTrip) {
   for (AllReduceAlgo a : {AllReduceAlgo::kAuto, AllReduceAlgo::kOneShotLL, AllReduceAlgo::kOneShot, AllReduceAlgo::kTwoShot,
-                          AllReduceAlgo::kNccl})
+                          AllReduceAlgo::kNccl, AllReduceAlgo::kOneShotCE})
     EXPECT_EQ(parse_all_reduce_algo(all_reduce_algo_name(a)), a);
   try {
     parse_all_reduce_algo("ring");
