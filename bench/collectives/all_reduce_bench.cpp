@@ -176,6 +176,7 @@ int run(int argc, char** argv) {
 
   CommOptions opts;
   opts.two_shot_max_bytes = std::min<std::size_t>(std::max<std::size_t>(a.end, 1 << 20), std::size_t(64) << 20);
+  opts.copy_engine_max_bytes = opts.two_shot_max_bytes;  // measure the pinned copy-engine path over the same range
   auto comm = Communicator::from_env(opts);
   const int R = comm->rank(), W = comm->world_size();
   const bool lead = R == 0;

@@ -10,7 +10,8 @@
 //   kTwoShot   : reduce-scatter then all-gather, both pushed over NVLink (2 barriers). Large messages.
 //   kOneShotCE : the copy engine pushes the input to every peer in 4 MiB chunks, each followed by a flag
 //                (cuStreamWriteValue32); a reduce kernel consumes chunks as they land. Leaves the SMs free
-//                (seed 000's low-contention path); large messages at W = 2.
+//                (seed 000's low-contention path, for overlap with GEMMs). Pinned only: on 2xH200 it measured
+//                ~2x slower than kOneShot standalone, so kAuto does not pick it.
 //   kNccl      : ncclAllReduce.
 //   kAuto      : picks from the crossover table (select_all_reduce()); see docs in all_reduce_select.
 #pragma once

@@ -30,8 +30,8 @@ struct CommOptions {
   std::size_t one_shot_max_bytes = 0;
   // Barrier-free one-shot: workspace 3*W*this (1 MiB).
   std::size_t lamport_max_bytes = 0;
-  // Copy-engine one-shot: workspace W*this (W=2: 64 MiB; larger W: 0 = not allocated, since each rank
-  // would send W-1 full copies).
+  // Copy-engine one-shot (pinned use only; auto measured it slower): workspace W*this (W=2: 16 MiB;
+  // larger W: not allocated, since each rank would send W-1 full copies).
   std::size_t copy_engine_max_bytes = 0;
   // Device-side wait timeout in seconds (env TPCOMM_TIMEOUT_S overrides).
   double timeout_s = 5.0;
