@@ -11,7 +11,10 @@ namespace tpcomm::quant {
 namespace {
 using namespace detail;
 
-unsigned blocks_for(int64_t nchunks) { return static_cast<unsigned>((nchunks + kDequantThreads - 1) / kDequantThreads); }
+unsigned blocks_for(int64_t nchunks) {
+  const int64_t per_block = int64_t(kDequantThreads) * kDequantChunks;
+  return static_cast<unsigned>((nchunks + per_block - 1) / per_block);
+}
 }  // namespace
 
 void fp8_dequantize(const Fp8DequantizeParams& p, cudaStream_t stream) {
