@@ -510,9 +510,9 @@ int run_quantize_suite(int argc, char** argv) {
     std::string error;
     try {
       const double est_us = op.logical_bytes / (0.8 * copy_GBps * 1e3);
-      const int iters = static_cast<int>(std::clamp(2000.0 / std::max(est_us, 1.0), 1.0, 200.0));
-      us = time_eager_us(st, fn, iters, 7, 2);
-      usg = time_graph_us(st, fn, iters, 7);
+      const int iters = static_cast<int>(std::clamp(1000.0 / std::max(est_us, 1.0), 1.0, 100.0));
+      us = time_eager_us(st, fn, iters, 5, 2);
+      usg = time_graph_us(st, fn, iters, 5);
     } catch (const std::exception& e) {
       error = e.what();
     }
