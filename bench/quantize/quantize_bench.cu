@@ -17,6 +17,7 @@
 
 #include "../../tests/quantize/quant_ref.h"
 #include "common.h"
+#include "quantize/quantize_probe.h"
 #include "suites.h"
 #include "tpcomm/error.h"
 #include "tpcomm/quantize.h"
@@ -92,6 +93,8 @@ struct Options {
   std::vector<std::string> kernels;
   bool quick = false;
   bool check = false;
+  bool probe = true;   // memory-path probe (cheap), recorded in the JSON
+  bool once = false;   // launch every probe and every case once, untimed (for profilers such as ncu)
 };
 
 bool wanted(const Options& o, const std::string& k) {
@@ -367,6 +370,8 @@ void print_help() {
       "                 nvfp4_1x16_amax nvfp4_16x16 fp8_rowwise_dequant mxfp8_rowwise_dequant nvfp4_dequant\n"
       "  --quick        a few shapes (smoke test)\n"
       "  --check        verify one window of every case against the CPU reference (\"correct\" in the JSON)\n"
+      "  --no-probe     skip the memory-path probe (SM copy kernels, TMA stores, memcpy, memset)\n"
+      "  --once         launch each probe and case once without timing (for ncu); writes no JSON\n"
       "Other options (taken by other suites) are ignored.\n");
 }
 
@@ -398,6 +403,10 @@ int run_quantize_suite(int argc, char** argv) {
       o.quick = true;
     } else if (a == "--check") {
       o.check = true;
+    } else if (a == "--no-probe") {
+      o.probe = false;
+    } else if (a == "--once") {
+      o.once = true;
     }
     // anything else belongs to another suite
   }
@@ -493,6 +502,24 @@ int run_quantize_suite(int argc, char** argv) {
   cudaStream_t st;
   BENCH_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
 
+  std::vector<std::string> probe_records;
+  if (o.probe || o.once) {
+    const size_t pbytes = std::min<size_t>(size_t(1) << 30, std::min(in_pool, out_pool)) / 8192 * 8192;
+    for (const ProbeResult& r : run_memory_probe(d_in, d_out, pbytes, o.once)) {
+      if (!o.once) std::printf("# probe %-22s %9.2f us %7.0f GB/s (read + write)\n", r.name.c_str(), r.us, r.GBps);
+      JsonObject j;
+      j.add("probe", r.name).add("bytes", pbytes).add("us", r.us).add("GBps", r.GBps);
+      probe_records.push_back(j.str());
+    }
+    std::fflush(stdout);
+  }
+  if (o.once) {
+    for (const Op& op : ops) op.launch(d_in, d_out, st);
+    BENCH_CUDA(cudaStreamSynchronize(st));
+    std::printf("# --once: launched %zu cases once\n", ops.size());
+    return 0;
+  }
+
   std::printf("%-22s %-20s %-6s %-8s %10s %10s %9s %7s %s\n", "kernel", "shape", "mode", "layout", "us", "us_graph",
               "GB/s", "ratio", "ok");
   std::vector<std::string> records;
@@ -551,6 +578,7 @@ int run_quantize_suite(int argc, char** argv) {
   top.add("device", std::string(prop.name)).add("command", command).add("copy_GBps", copy_GBps);
   top.add("copy_GBps_after", copy_after);
   top.add("bandwidth_basis", "logical bytes (input read once + outputs written once) / us_graph");
+  top.add_raw("probe", json_array(probe_records));
   top.add_raw("results", json_array(records));
   if (write_file(o.json_path, top.str() + "\n")) std::printf("# wrote %s\n", o.json_path.c_str());
   std::printf("# reproduce: %s\n", command.c_str());

@@ -72,14 +72,7 @@ struct Fp8TensorParams {
 
 template <int kFmt>
 __global__ void __launch_bounds__(kCastThreads) fp8_tensor_cast_kernel(const __grid_constant__ Fp8TensorParams p) {
-  __shared__ float s_scale;
-  if (threadIdx.x == 0) {
-    const float qs = fp8_scale_from_amax(*p.amax, p.fp8_max, p.pow2);
-    s_scale = qs;
-    if (blockIdx.x == 0) *p.scale_inv = __fdiv_rn(1.0f, qs);
-  }
-  __syncthreads();
-  const float qs = s_scale;
+  // Data loads first, so their latency overlaps the scalar amax load and the scale computation.
   const int64_t base = static_cast<int64_t>(blockIdx.x) * (kCastThreads * kCastChunksPerThread) + threadIdx.x;
   uint4 v[kCastChunksPerThread];
 #pragma unroll
@@ -87,6 +80,14 @@ __global__ void __launch_bounds__(kCastThreads) fp8_tensor_cast_kernel(const __g
     const int64_t i = base + u * kCastThreads;
     v[u] = i < p.nchunks ? ld_stream(p.in + i) : make_uint4(0u, 0u, 0u, 0u);
   }
+  __shared__ float s_scale;
+  if (threadIdx.x == 0) {
+    const float qs0 = fp8_scale_from_amax(*p.amax, p.fp8_max, p.pow2);
+    s_scale = qs0;
+    if (blockIdx.x == 0) *p.scale_inv = __fdiv_rn(1.0f, qs0);
+  }
+  __syncthreads();
+  const float qs = s_scale;
 #pragma unroll
   for (int u = 0; u < kCastChunksPerThread; ++u) {
     const int64_t i = base + u * kCastThreads;

@@ -17,6 +17,12 @@
 #include <cfloat>
 #include <cstdint>
 
+// The FP8 conversions below must be the hardware cvt instructions (sm_89+); an older target would silently fall
+// back to cuda_fp8.h's fp64 software emulation (exact, but ~5x slower). Fail the build instead.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#error "tpcomm quantization kernels target sm_90 (Hopper): configure with CMAKE_CUDA_ARCHITECTURES=90a"
+#endif
+
 namespace tpcomm::quant::detail {
 
 constexpr unsigned kFullMask = 0xffffffffu;
