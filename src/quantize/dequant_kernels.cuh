@@ -29,10 +29,10 @@ __device__ __forceinline__ void store_out(void* out, int64_t elem0, const float*
     uint16_t* o = reinterpret_cast<uint16_t*>(out) + elem0;
     for (int j = 0; j < n; j += 8) {
       uint4 w;
-      w.x = f32_to_bf16_bits(v[j + 0]) | (f32_to_bf16_bits(v[j + 1]) << 16);
-      w.y = f32_to_bf16_bits(v[j + 2]) | (f32_to_bf16_bits(v[j + 3]) << 16);
-      w.z = f32_to_bf16_bits(v[j + 4]) | (f32_to_bf16_bits(v[j + 5]) << 16);
-      w.w = f32_to_bf16_bits(v[j + 6]) | (f32_to_bf16_bits(v[j + 7]) << 16);
+      w.x = pack_bf16x2(v[j + 0], v[j + 1]);
+      w.y = pack_bf16x2(v[j + 2], v[j + 3]);
+      w.z = pack_bf16x2(v[j + 4], v[j + 5]);
+      w.w = pack_bf16x2(v[j + 6], v[j + 7]);
       *reinterpret_cast<uint4*>(o + j) = w;
     }
   }
@@ -68,19 +68,24 @@ __global__ void __launch_bounds__(kDequantThreads)
     const int64_t e0 = i * 8;
     const int64_t row = fast_div(e0, p.cols);
     const int64_t col = e0 - row * p.cols;
-    float v[8];
+    float f[8], v[8];
+    fp8x4_to_float<kFmt>(q.x, f);
+    fp8x4_to_float<kFmt>(q.y, f + 4);
+    if (p.scaling <= 1) {  // one scale for the whole chunk
+      const float s = p.scale_inv[p.scaling == 0 ? 0 : row];
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const uint32_t byte = ((j < 4 ? q.x : q.y) >> (8 * (j & 3))) & 0xffu;
-      float s;
-      switch (p.scaling) {
-        case 0: s = p.scale_inv[0]; break;
-        case 1: s = p.scale_inv[row]; break;
-        case 2: s = p.scale_inv[col + j]; break;
-        case 3: s = p.scale_inv[((col + j) / 128) * p.scale_ld + row]; break;
-        default: s = p.scale_inv[(row / 128) * p.scale_ld + (col + j) / 128]; break;
+      for (int j = 0; j < 8; ++j) v[j] = __fmul_rn(f[j], s);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        float s;
+        switch (p.scaling) {
+          case 2: s = p.scale_inv[col + j]; break;
+          case 3: s = p.scale_inv[((col + j) / 128) * p.scale_ld + row]; break;
+          default: s = p.scale_inv[(row / 128) * p.scale_ld + (col + j) / 128]; break;
+        }
+        v[j] = __fmul_rn(f[j], s);
       }
-      v[j] = __fmul_rn(fp8_to_float<kFmt>(byte), s);
     }
     store_out<kF32>(p.out, e0, v, 8);
   }
@@ -143,11 +148,12 @@ __global__ void __launch_bounds__(kDequantThreads)
     }
     const float s = e8m0_decode(p.scales[sidx]);
     float v[16];
+    fp8x4_to_float<kFmt>(q.x, v);
+    fp8x4_to_float<kFmt>(q.y, v + 4);
+    fp8x4_to_float<kFmt>(q.z, v + 8);
+    fp8x4_to_float<kFmt>(q.w, v + 12);
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      const uint32_t byte = (word_of(q, j >> 2) >> (8 * (j & 3))) & 0xffu;
-      v[j] = __fmul_rn(fp8_to_float<kFmt>(byte), s);
-    }
+    for (int j = 0; j < 16; ++j) v[j] = __fmul_rn(v[j], s);
     store_out<kF32>(p.out, e0, v, 16);
   }
 }
@@ -186,11 +192,12 @@ __global__ void __launch_bounds__(kDequantThreads)
     const int64_t sidx = p.swizzled ? swz_offset(n, kg, (gk + 3) / 4) : i;
     const float sb = fp8_to_float<0>(p.scales[sidx]);
     float v[16];
+    fp8x4_to_float<0>(e2m1x4_to_e4m3x4(q.x & 0xffffu), v);
+    fp8x4_to_float<0>(e2m1x4_to_e4m3x4(q.x >> 16), v + 4);
+    fp8x4_to_float<0>(e2m1x4_to_e4m3x4(q.y & 0xffffu), v + 8);
+    fp8x4_to_float<0>(e2m1x4_to_e4m3x4(q.y >> 16), v + 12);
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      const uint32_t nib = ((j < 8 ? q.x : q.y) >> (4 * (j & 7))) & 0xfu;
-      v[j] = __fmul_rn(__fmul_rn(e2m1_decode(nib), sb), sg);
-    }
+    for (int j = 0; j < 16; ++j) v[j] = __fmul_rn(__fmul_rn(v[j], sb), sg);
     store_out<kF32>(p.out, e0, v, 16);
   }
 }

@@ -29,7 +29,7 @@ struct Mxfp8KernelParams {
 
 // kFmt: 0 = e4m3, 1 = e5m2. kRow / kCol: which outputs to produce.
 template <int kFmt, bool kRceil, bool kRow, bool kCol>
-__global__ void __launch_bounds__(kTileThreads, (kRow && kCol) ? 3 : (kCol ? 5 : 4)) mxfp8_quantize_kernel(const __grid_constant__ Mxfp8KernelParams p) {
+__global__ void __launch_bounds__(kTileThreads, (kRow && kCol) ? 3 : 5) mxfp8_quantize_kernel(const __grid_constant__ Mxfp8KernelParams p) {
   constexpr int kEmax = kFmt == 0 ? 8 : 15;
   const ThreadSlot s = thread_slot();
   const TileCoord t = tile_coord(blockIdx.x, p.col_tiles, p.tiles_per_expert);

@@ -22,7 +22,7 @@ struct Nvfp4KernelParams {
 };
 
 template <bool k16x16>
-__global__ void __launch_bounds__(kTileThreads) nvfp4_quantize_kernel(const __grid_constant__ Nvfp4KernelParams p) {
+__global__ void __launch_bounds__(kTileThreads, 5) nvfp4_quantize_kernel(const __grid_constant__ Nvfp4KernelParams p) {
   const ThreadSlot s = thread_slot();
   const TileCoord t = tile_coord(blockIdx.x, p.col_tiles, (p.rows + kTileRows - 1) / kTileRows);
   const int64_t N = p.rows, K = p.cols;
@@ -31,34 +31,37 @@ __global__ void __launch_bounds__(kTileThreads) nvfp4_quantize_kernel(const __gr
   load_tile(p.in, N, K, t, s, x);
 
   const float s_enc = nvfp4_global_encode_scale(*p.global_amax);
-  const float s_dec = __fdiv_rn(1.0f, s_enc);
+  const float s_dec = __frcp_rn(s_enc);  // IEEE 1/x
   const float s_enc_over6 = __fmul_rn(s_enc, 1.0f / 6.0f);
   if (blockIdx.x == 0 && threadIdx.x == 0 && p.global_scale_inv != nullptr) *p.global_scale_inv = s_dec;
 
   __shared__ uint32_t s_sc[kTileRows * 2];  // [row][8 blocks of 16 columns] bytes
   uint8_t* sc_bytes = reinterpret_cast<uint8_t*>(s_sc);
   const int blk = s.c >> 1;  // 16-column block inside the tile
-  float rcp[kRowsPerThread];
+  const int64_t col = t.k0 + 8 * s.c;
+  const bool col_ok = col < K;
+  const int64_t row0 = t.n0 + s.rl0;
+  uint8_t* out = p.out + row0 * (K / 2) + col / 2;
+  auto store_row = [&](int i, float rcp) {
+    const uint32_t v = quant8_e2m1(x[i], rcp);
+    if (col_ok && row0 + i < N) *reinterpret_cast<uint32_t*>(out + i * (K / 2)) = v;
+  };
 
   if constexpr (!k16x16) {
-    // After the xor-1 transpose-reduction lane parity b holds the amax of rows 8b + j, j = 0..7.
+    // After the xor-1 transpose-reduction lane parity b holds the amax of rows 8b + j, j = 0..7; the element
+    // multiplier of row j (8 + j) is then this lane's (the partner's) value for b = 0 and the other way round.
     uint32_t ra[kRowsPerThread];
 #pragma unroll
     for (int i = 0; i < kRowsPerThread; ++i) ra[i] = fold16(absmax8_packed(x[i]));
     transpose_reduce_max<kRowsPerThread, 2>(ra, s.lane);
     const int b = s.lane & 1;
-    float mine[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const Nvfp4BlockScale bs = nvfp4_block_scale(amax16_to_float(ra[j]), s_enc_over6, s_dec);
-      mine[j] = bs.rcp;
       sc_bytes[(s.rl0 + 8 * b + j) * 8 + blk] = static_cast<uint8_t>(bs.code);
-    }
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const float other = __shfl_xor_sync(kFullMask, mine[j], 1);
-      rcp[j] = b == 0 ? mine[j] : other;
-      rcp[8 + j] = b == 0 ? other : mine[j];
+      const float other = __shfl_xor_sync(kFullMask, bs.rcp, 1);
+      store_row(j, b == 0 ? bs.rcp : other);
+      store_row(8 + j, b == 0 ? other : bs.rcp);
     }
   } else {
     uint32_t a = 0;
@@ -67,21 +70,12 @@ __global__ void __launch_bounds__(kTileThreads) nvfp4_quantize_kernel(const __gr
     uint32_t a16 = fold16(a);
     a16 = max(a16, __shfl_xor_sync(kFullMask, a16, 1));
     const Nvfp4BlockScale bs = nvfp4_block_scale(amax16_to_float(a16), s_enc_over6, s_dec);
-#pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) rcp[i] = bs.rcp;
     if ((s.lane & 1) == 0) {
 #pragma unroll
       for (int i = 0; i < kRowsPerThread; ++i) sc_bytes[(s.rl0 + i) * 8 + blk] = static_cast<uint8_t>(bs.code);
     }
-  }
-
-  const int64_t col = t.k0 + 8 * s.c;
-  const bool col_ok = col < K;
-  uint8_t* out = p.out + (t.n0 + s.rl0) * (K / 2) + col / 2;
 #pragma unroll
-  for (int i = 0; i < kRowsPerThread; ++i) {
-    const uint32_t v = quant8_e2m1(x[i], rcp[i]);
-    if (col_ok && t.n0 + s.rl0 + i < N) *reinterpret_cast<uint32_t*>(out + i * (K / 2)) = v;
+    for (int i = 0; i < kRowsPerThread; ++i) store_row(i, bs.rcp);
   }
   __syncthreads();
 

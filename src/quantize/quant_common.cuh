@@ -16,6 +16,7 @@
 
 #include <cfloat>
 #include <cstdint>
+#include <cstring>
 
 // The FP8 conversions below must be the hardware cvt instructions (sm_89+); an older target would silently fall
 // back to cuda_fp8.h's fp64 software emulation (exact, but ~5x slower). Fail the build instead.
@@ -144,13 +145,6 @@ __device__ __forceinline__ uint32_t quant2_e2m1(uint32_t w, float s) {
 __device__ __forceinline__ uint32_t quant8_e2m1(const uint4& v, float s) {
   return quant2_e2m1(v.x, s) | (quant2_e2m1(v.y, s) << 8) | (quant2_e2m1(v.z, s) << 16) | (quant2_e2m1(v.w, s) << 24);
 }
-__device__ __forceinline__ float e2m1_decode(uint32_t nib) {
-  // magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6
-  const uint32_t m = nib & 7u;
-  const float mag = m < 2u ? 0.5f * static_cast<float>(m)
-                           : __uint_as_float((127u + ((m - 2u) >> 1)) << 23 | ((m & 1u) << 22));
-  return (nib & 8u) ? -mag : mag;
-}
 // S_enc from the global amax (TransformerEngine's compute_global_encode_scaling_factor_FP4).
 __device__ __forceinline__ float nvfp4_global_encode_scale(float amax) {
   float s = fminf(__fdiv_rn(448.0f * 6.0f, amax), FLT_MAX);  // fminf(NaN, FLT_MAX) = FLT_MAX
@@ -166,7 +160,7 @@ __device__ __forceinline__ Nvfp4BlockScale nvfp4_block_scale(float block_amax, f
   Nvfp4BlockScale r;
   r.code = cvt2_fp8<0>(__fmul_rn(block_amax, s_enc_over6), 0.0f) & 0xffu;
   const float sb = fp8_to_float<0>(r.code);
-  r.rcp = fminf(__fdiv_rn(1.0f, __fmul_rn(sb, s_dec)), FLT_MAX);
+  r.rcp = fminf(__frcp_rn(__fmul_rn(sb, s_dec)), FLT_MAX);  // __frcp_rn: IEEE 1/x, same as __fdiv_rn(1, x)
   return r;
 }
 
@@ -180,6 +174,39 @@ __device__ __forceinline__ uint32_t f32_to_bf16_bits(float f) {
 __device__ __forceinline__ uint32_t f32_canonical_bits(float f) {
   const uint32_t u = __float_as_uint(f);
   return ((u & 0x7fffffffu) > 0x7f800000u) ? 0x7fffffffu : u;
+}
+
+// Two floats -> packed bf16x2, RNE (hardware cvt.rn.bf16x2.f32; a in the low half). NaN -> 0x7FFF regardless of
+// what the instruction produces for NaN, via the (rare) exact software path.
+__device__ __forceinline__ uint32_t pack_bf16x2(float a, float b) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  uint32_t r;
+  memcpy(&r, &h, 4);
+  if (a != a || b != b) r = f32_to_bf16_bits(a) | (f32_to_bf16_bits(b) << 16);
+  return r;
+}
+
+// 4 fp8 values (one word, element 0 in the low byte) -> 4 floats, exact: hardware fp8x2 -> f16x2, then f32.
+template <int kFmt>
+__device__ __forceinline__ void fp8x4_to_float(uint32_t w, float* f) {
+  constexpr __nv_fp8_interpretation_t kI = kFmt == 0 ? __NV_E4M3 : __NV_E5M2;
+  const __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w & 0xffffu), kI);
+  const __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w >> 16), kI);
+  const float2 a = __half22float2(__half2(lo));
+  const float2 b = __half22float2(__half2(hi));
+  f[0] = a.x;
+  f[1] = a.y;
+  f[2] = b.x;
+  f[3] = b.y;
+}
+
+// 4 e2m1 nibbles (low 16 bits, element 0 in the lowest nibble) -> the same 4 values as e4m3 bytes (exact: every
+// e2m1 value is an e4m3 value). Magnitudes through a byte-permute table, sign bits through a second one.
+__device__ __forceinline__ uint32_t e2m1x4_to_e4m3x4(uint32_t g) {
+  // e4m3 codes of 0, 0.5, 1, 1.5 | 2, 3, 4, 6
+  const uint32_t mag = __byte_perm(0x3c383000u, 0x4c484440u, g & 0x7777u);
+  const uint32_t sgn = __byte_perm(0x00008000u, 0u, (g >> 3) & 0x1111u);
+  return mag | sgn;
 }
 
 // ---- swizzled 128x4 scale layout -----------------------------------------------------------------------------------
