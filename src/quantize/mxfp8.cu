@@ -1,0 +1,61 @@
+// MXFP8 quantize launcher: one kernel over all 128x128 tiles of all experts (mxfp8_kernels.cuh).
+#include <cstdint>
+
+#include "common/check.h"
+#include "quantize/mxfp8_kernels.cuh"
+#include "quantize/validate.h"
+#include "tpcomm/quantize.h"
+
+namespace tpcomm::quant {
+
+namespace {
+
+using namespace detail;
+
+template <int kFmt, bool kRceil>
+void launch_outputs(bool row, bool col, const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream) {
+  const unsigned grid = static_cast<unsigned>(tiles);
+  if (row && col) mxfp8_quantize_kernel<kFmt, kRceil, true, true><<<grid, kTileThreads, 0, stream>>>(kp);
+  else if (row) mxfp8_quantize_kernel<kFmt, kRceil, true, false><<<grid, kTileThreads, 0, stream>>>(kp);
+  else mxfp8_quantize_kernel<kFmt, kRceil, false, true><<<grid, kTileThreads, 0, stream>>>(kp);
+}
+
+// The single place mapping runtime choices (format x rounding) to kernel instantiations.
+void dispatch(Fp8Format f, E8M0Rounding r, bool row, bool col, const Mxfp8KernelParams& kp, int64_t tiles,
+              cudaStream_t stream) {
+  const bool rceil = r == E8M0Rounding::kRceil;
+  if (f == Fp8Format::kE4M3) {
+    if (rceil) launch_outputs<0, true>(row, col, kp, tiles, stream);
+    else launch_outputs<0, false>(row, col, kp, tiles, stream);
+  } else if (f == Fp8Format::kE5M2) {
+    if (rceil) launch_outputs<1, true>(row, col, kp, tiles, stream);
+    else launch_outputs<1, false>(row, col, kp, tiles, stream);
+  } else {
+    throw Error(ErrorCode::kInvalidArgument, "format: unknown value " + std::to_string(static_cast<int>(f)));
+  }
+}
+
+}  // namespace
+
+void mxfp8_quantize(const Mxfp8QuantizeParams& p, cudaStream_t stream) {
+  validate(p);
+  if (p.rows == 0 || p.cols == 0) return;
+  const bool row = p.row_data != nullptr;
+  const bool col = p.col_data != nullptr;
+  Mxfp8KernelParams kp{};
+  kp.in = static_cast<const uint16_t*>(p.input);
+  kp.rows = p.rows;
+  kp.cols = p.cols;
+  kp.col_tiles = (p.cols + kTileCols - 1) / kTileCols;
+  kp.tiles_per_expert = (p.rows + kTileRows - 1) / kTileRows;
+  kp.row_data = static_cast<uint8_t*>(p.row_data);
+  kp.row_scales = p.row_scales;
+  kp.col_data = static_cast<uint8_t*>(p.col_data);
+  kp.col_scales = p.col_scales;
+  kp.swizzled = p.scale_layout == ScaleLayout::kSwizzled128x4;
+  const int64_t tiles = p.experts * kp.tiles_per_expert * kp.col_tiles;
+  dispatch(p.format, p.rounding, row, col, kp, tiles, stream);
+  TPCOMM_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace tpcomm::quant

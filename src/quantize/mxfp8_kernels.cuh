@@ -1,0 +1,183 @@
+// MXFP8 quantization: rowwise 1x32 and/or colwise 32x1 from one read of a 2-D (E = 1) or 3-D (E experts)
+// bf16 tensor. Tile mapping: tile.cuh.
+//
+// Colwise output is column-major per expert (element (e, n, k) at e*N*K + k*N + n). The 128 x 128 tile is
+// quantized in registers, written transposed into shared memory (16-byte chunks, XOR-swizzled so that both the
+// transposed write and the row read are bank-conflict free) and stored as 4 full 128-byte lines per warp
+// instruction: out[e][k][n0 .. n0+127] for each of the tile's columns k.
+#pragma once
+
+#include <cstdint>
+
+#include "quantize/quant_common.cuh"
+#include "quantize/tile.cuh"
+
+namespace tpcomm::quant::detail {
+
+struct Mxfp8KernelParams {
+  const uint16_t* in;   // (experts, rows, cols) bf16
+  int64_t rows;         // N
+  int64_t cols;         // K
+  int64_t col_tiles;    // ceil(K / 128)
+  int64_t tiles_per_expert;  // ceil(N / 128)
+  uint8_t* row_data;
+  uint8_t* row_scales;
+  uint8_t* col_data;
+  uint8_t* col_scales;
+  bool swizzled;
+};
+
+// kFmt: 0 = e4m3, 1 = e5m2. kRow / kCol: which outputs to produce.
+template <int kFmt, bool kRceil, bool kRow, bool kCol>
+__global__ void __launch_bounds__(kTileThreads, (kRow && kCol) ? 3 : 5) mxfp8_quantize_kernel(const __grid_constant__ Mxfp8KernelParams p) {
+  constexpr int kEmax = kFmt == 0 ? 8 : 15;
+  const ThreadSlot s = thread_slot();
+  const TileCoord t = tile_coord(blockIdx.x, p.col_tiles, p.tiles_per_expert);
+  const int64_t N = p.rows, K = p.cols;
+  const int64_t col = t.k0 + 8 * s.c;
+  const bool col_ok = col < K;
+
+  uint4 x[kRowsPerThread];
+  load_tile(p.in + t.e * N * K, N, K, t, s, x);
+
+  // Colwise: transposed tile (16-byte chunk (k, n/16) at [k][(n/16) ^ ((k/8) & 7)]), scale bytes [k][group].
+  __shared__ uint4 s_col[kCol ? kTileCols * 8 : 1];
+  __shared__ uint32_t s_colsc[kCol ? kTileCols : 1];
+  // Rowwise scale bytes [row][group of 32 columns].
+  __shared__ uint32_t s_rowsc[kRow ? kTileRows : 1];
+
+  if constexpr (kCol) {
+    // amax of each of the thread's 8 columns over its 16 rows, then over the other half of the 32-row group.
+    uint32_t a[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) {
+      a[0] = max_u16x2(a[0], abs2(x[i].x));
+      a[1] = max_u16x2(a[1], abs2(x[i].y));
+      a[2] = max_u16x2(a[2], abs2(x[i].z));
+      a[3] = max_u16x2(a[3], abs2(x[i].w));
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) a[q] = max_u16x2(a[q], __shfl_xor_sync(kFullMask, a[q], 16));
+
+    uint32_t code[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const uint32_t a16 = (j & 1) ? (a[j >> 1] >> 16) : (a[j >> 1] & 0xffffu);
+      code[j] = e8m0_code<kRceil>(a16, kEmax);
+    }
+    const int phys = (2 * s.w + s.h) ^ (s.c & 7);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float m = e8m0_quant_multiplier(code[j]);
+      uint32_t o[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const uint32_t lo = cvt2_fp8<kFmt>(__fmul_rn(bf16_elem(x[4 * q + 0], j), m),
+                                           __fmul_rn(bf16_elem(x[4 * q + 1], j), m));
+        const uint32_t hi = cvt2_fp8<kFmt>(__fmul_rn(bf16_elem(x[4 * q + 2], j), m),
+                                           __fmul_rn(bf16_elem(x[4 * q + 3], j), m));
+        o[q] = lo | (hi << 16);
+      }
+      s_col[(8 * s.c + j) * 8 + phys] = make_uint4(o[0], o[1], o[2], o[3]);
+    }
+    if (!p.swizzled) {
+      // Linear scales (E, N/32, K): 8 consecutive bytes per thread, 128 contiguous bytes per half-warp.
+      if (s.h == 0 && col_ok && t.n0 + 32 * s.w < N) {
+        const int64_t g = t.e * (N / 32) + t.n0 / 32 + s.w;
+        uint2 v;
+        v.x = code[0] | (code[1] << 8) | (code[2] << 16) | (code[3] << 24);
+        v.y = code[4] | (code[5] << 8) | (code[6] << 16) | (code[7] << 24);
+        *reinterpret_cast<uint2*>(p.col_scales + g * K + col) = v;
+      }
+    } else if (s.h == 0) {
+      // Rows/columns outside the tensor were loaded as zeros and get code 0, which is also the padding value.
+      uint8_t* b = reinterpret_cast<uint8_t*>(s_colsc);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) b[(8 * s.c + j) * 4 + s.w] = static_cast<uint8_t>(code[j]);
+    }
+  }
+
+  if constexpr (kRow) {
+    // Row amax over 32 columns = 4 adjacent lanes; after the transpose-reduction lane q (= lane & 3) holds the
+    // amax of rows (q>>1)*8 + (q&1)*4 + j, j = 0..3.
+    uint32_t ra[kRowsPerThread];
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) ra[i] = fold16(absmax8_packed(x[i]));
+    transpose_reduce_max<kRowsPerThread, 4>(ra, s.lane);
+    const int q = s.lane & 3;
+    uint32_t mine = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) mine |= e8m0_code<kRceil>(ra[j], kEmax) << (8 * j);
+    {
+      uint8_t* b = reinterpret_cast<uint8_t*>(s_rowsc);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int r = s.rl0 + transpose_reduce_row<kRowsPerThread, 4>(q, j);
+        b[r * 4 + (s.c >> 2)] = static_cast<uint8_t>(mine >> (8 * j));
+      }
+    }
+    uint32_t codes[4];
+#pragma unroll
+    for (int src = 0; src < 4; ++src) codes[src] = __shfl_sync(kFullMask, mine, (s.lane & ~3) | src);
+    uint8_t* out = p.row_data + (t.e * N + t.n0 + s.rl0) * K + col;
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) {
+      const int src = (((i >> 3) & 1) << 1) | ((i >> 2) & 1);
+      const uint32_t c = (codes[src] >> (8 * (i & 3))) & 0xffu;
+      const uint2 v = quant8_fp8<kFmt>(x[i], e8m0_quant_multiplier(c));
+      if (col_ok && t.n0 + s.rl0 + i < N) *reinterpret_cast<uint2*>(out + i * K) = v;
+    }
+  }
+
+  __syncthreads();  // shared transposed tile and staged scale bytes are complete
+
+  const int tid = static_cast<int>(threadIdx.x);
+  if constexpr (kCol) {
+    const int cc = tid & 7;
+    uint8_t* base = p.col_data + t.e * N * K;
+#pragma unroll
+    for (int pass = 0; pass < kTileCols / 16; ++pass) {
+      const int kl = pass * 16 + (tid >> 3);
+      const uint4 v = s_col[kl * 8 + (cc ^ ((kl >> 3) & 7))];
+      const int64_t k = t.k0 + kl;
+      const int64_t n = t.n0 + 16 * cc;
+      if (k < K && n < N) *reinterpret_cast<uint4*>(base + k * N + n) = v;
+    }
+    if (p.swizzled) {
+      // Per expert: transposed scale matrix [K rows][N/32 cols], padded to [roundup(K,128)][roundup(N/32,4)].
+      const int64_t k = t.k0 + tid;
+      const int64_t kp = (K + 127) / 128 * 128;
+      const int64_t gtiles = (N / 32 + 3) / 4;
+      if (k < kp) {
+        const uint32_t v = k < K ? s_colsc[tid] : 0u;
+        const int64_t off = t.e * kp * gtiles * 4 + swz_offset(k, t.n0 / 32, gtiles);
+        *reinterpret_cast<uint32_t*>(p.col_scales + off) = v;
+      }
+    }
+  }
+  if constexpr (kRow) {
+    const int64_t n = t.n0 + tid;
+    const int64_t gk = K / 32;
+    const int64_t kg0 = t.k0 / 32;
+    const uint32_t v = s_rowsc[tid];
+    if (p.swizzled) {
+      const int64_t np = (N + 127) / 128 * 128;
+      const int64_t gtiles = (gk + 3) / 4;
+      if (n < np && kg0 < gtiles * 4) {
+        const int64_t off = t.e * np * gtiles * 4 + swz_offset(n, kg0, gtiles);
+        *reinterpret_cast<uint32_t*>(p.row_scales + off) = v;
+      }
+    } else if (n < N) {
+      uint8_t* dst = p.row_scales + (t.e * N + n) * gk + kg0;
+      if ((gk & 3) == 0) {
+        if (kg0 < gk) *reinterpret_cast<uint32_t*>(dst) = v;
+      } else {
+#pragma unroll
+        for (int g = 0; g < 4; ++g)
+          if (kg0 + g < gk) dst[g] = static_cast<uint8_t>(v >> (8 * g));
+      }
+    }
+  }
+}
+
+}  // namespace tpcomm::quant::detail

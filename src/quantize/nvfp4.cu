@@ -1,0 +1,39 @@
+// NVFP4 quantize launcher: optional global-amax pass, then one kernel over the 128x128 tiles.
+#include <cstdint>
+
+#include "common/check.h"
+#include "quantize/nvfp4_kernels.cuh"
+#include "quantize/validate.h"
+#include "tpcomm/quantize.h"
+
+namespace tpcomm::quant {
+
+void nvfp4_quantize(const Nvfp4QuantizeParams& p, cudaStream_t stream) {
+  using namespace detail;
+  validate(p);
+  if (p.rows == 0 || p.cols == 0) return;
+  const float* amax = p.global_amax_in;
+  if (amax == nullptr) {
+    compute_amax(p.input, p.input_dtype, p.rows * p.cols, p.global_amax_out, stream);
+    amax = p.global_amax_out;
+  }
+  Nvfp4KernelParams kp{};
+  kp.in = static_cast<const uint16_t*>(p.input);
+  kp.rows = p.rows;
+  kp.cols = p.cols;
+  kp.col_tiles = (p.cols + kTileCols - 1) / kTileCols;
+  kp.out = static_cast<uint8_t*>(p.output);
+  kp.scales = p.block_scales;
+  kp.global_amax = amax;
+  kp.global_scale_inv = p.global_scale_inv;
+  kp.swizzled = p.scale_layout == ScaleLayout::kSwizzled128x4;
+  const int64_t tiles = kp.col_tiles * ((p.rows + kTileRows - 1) / kTileRows);
+  const unsigned grid = static_cast<unsigned>(tiles);
+  switch (p.block) {
+    case Nvfp4Block::k1x16: nvfp4_quantize_kernel<false><<<grid, kTileThreads, 0, stream>>>(kp); break;
+    case Nvfp4Block::k16x16: nvfp4_quantize_kernel<true><<<grid, kTileThreads, 0, stream>>>(kp); break;
+  }
+  TPCOMM_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace tpcomm::quant

@@ -1,0 +1,111 @@
+// NVFP4 quantization (e2m1 elements, e4m3 block scales, fp32 global scale) on the 128 x 128 tile of tile.cuh.
+// 1x16: a block is 2 adjacent lanes of one row; 16x16: a block is one thread's 16 rows x 2 adjacent lanes.
+#pragma once
+
+#include <cstdint>
+
+#include "quantize/quant_common.cuh"
+#include "quantize/tile.cuh"
+
+namespace tpcomm::quant::detail {
+
+struct Nvfp4KernelParams {
+  const uint16_t* in;
+  int64_t rows;
+  int64_t cols;
+  int64_t col_tiles;
+  uint8_t* out;           // (rows, cols/2)
+  uint8_t* scales;        // e4m3
+  const float* global_amax;
+  float* global_scale_inv;  // may be null
+  bool swizzled;
+};
+
+template <bool k16x16>
+__global__ void __launch_bounds__(kTileThreads, 5) nvfp4_quantize_kernel(const __grid_constant__ Nvfp4KernelParams p) {
+  const ThreadSlot s = thread_slot();
+  const TileCoord t = tile_coord(blockIdx.x, p.col_tiles, (p.rows + kTileRows - 1) / kTileRows);
+  const int64_t N = p.rows, K = p.cols;
+
+  uint4 x[kRowsPerThread];
+  load_tile(p.in, N, K, t, s, x);
+
+  const float s_enc = nvfp4_global_encode_scale(*p.global_amax);
+  const float s_dec = __frcp_rn(s_enc);  // IEEE 1/x
+  const float s_enc_over6 = __fmul_rn(s_enc, 1.0f / 6.0f);
+  if (blockIdx.x == 0 && threadIdx.x == 0 && p.global_scale_inv != nullptr) *p.global_scale_inv = s_dec;
+
+  __shared__ uint32_t s_sc[kTileRows * 2];  // [row][8 blocks of 16 columns] bytes
+  uint8_t* sc_bytes = reinterpret_cast<uint8_t*>(s_sc);
+  const int blk = s.c >> 1;  // 16-column block inside the tile
+  const int64_t col = t.k0 + 8 * s.c;
+  const bool col_ok = col < K;
+  const int64_t row0 = t.n0 + s.rl0;
+  uint8_t* out = p.out + row0 * (K / 2) + col / 2;
+  auto store_row = [&](int i, float rcp) {
+    const uint32_t v = quant8_e2m1(x[i], rcp);
+    if (col_ok && row0 + i < N) *reinterpret_cast<uint32_t*>(out + i * (K / 2)) = v;
+  };
+
+  if constexpr (!k16x16) {
+    // After the xor-1 transpose-reduction lane parity b holds the amax of rows 8b + j, j = 0..7; the element
+    // multiplier of row j (8 + j) is then this lane's (the partner's) value for b = 0 and the other way round.
+    uint32_t ra[kRowsPerThread];
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) ra[i] = fold16(absmax8_packed(x[i]));
+    transpose_reduce_max<kRowsPerThread, 2>(ra, s.lane);
+    const int b = s.lane & 1;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const Nvfp4BlockScale bs = nvfp4_block_scale(amax16_to_float(ra[j]), s_enc_over6, s_dec);
+      sc_bytes[(s.rl0 + 8 * b + j) * 8 + blk] = static_cast<uint8_t>(bs.code);
+      const float other = __shfl_xor_sync(kFullMask, bs.rcp, 1);
+      store_row(j, b == 0 ? bs.rcp : other);
+      store_row(8 + j, b == 0 ? other : bs.rcp);
+    }
+  } else {
+    uint32_t a = 0;
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) a = max_u16x2(a, absmax8_packed(x[i]));
+    uint32_t a16 = fold16(a);
+    a16 = max(a16, __shfl_xor_sync(kFullMask, a16, 1));
+    const Nvfp4BlockScale bs = nvfp4_block_scale(amax16_to_float(a16), s_enc_over6, s_dec);
+    if ((s.lane & 1) == 0) {
+#pragma unroll
+      for (int i = 0; i < kRowsPerThread; ++i) sc_bytes[(s.rl0 + i) * 8 + blk] = static_cast<uint8_t>(bs.code);
+    }
+#pragma unroll
+    for (int i = 0; i < kRowsPerThread; ++i) store_row(i, bs.rcp);
+  }
+  __syncthreads();
+
+  // Scales of row n0 + tid: 8 blocks = 2 words of 4 bytes. Rows/columns outside the tensor hold code 0 (their
+  // inputs were loaded as zeros), which is also the swizzled layout's padding value.
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t n = t.n0 + tid;
+  const int64_t gk = K / 16;
+  const int64_t kg0 = t.k0 / 16;
+  if (p.swizzled) {
+    const int64_t gtiles = (gk + 3) / 4;
+    const int64_t np = (N + 127) / 128 * 128;
+    if (n < np) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int64_t kg = kg0 + 4 * half;
+        if (kg < gtiles * 4)
+          *reinterpret_cast<uint32_t*>(p.scales + swz_offset(n, kg, gtiles)) = s_sc[tid * 2 + half];
+      }
+    }
+  } else if (n < N) {
+    uint8_t* dst = p.scales + n * gk + kg0;
+    if ((gk & 7) == 0) {
+      *reinterpret_cast<uint2*>(dst) = make_uint2(s_sc[tid * 2], s_sc[tid * 2 + 1]);
+    } else {
+#pragma unroll
+      for (int g = 0; g < 8; ++g)
+        if (kg0 + g < gk) dst[g] = sc_bytes[tid * 8 + g];
+    }
+  }
+}
+
+}  // namespace tpcomm::quant::detail
