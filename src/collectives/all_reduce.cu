@@ -377,16 +377,7 @@ AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* outp
   }
 
   // Fixed grids (see ArState): the grid is part of the cross-rank protocol and of the per-block state.
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(algo == AllReduceAlgo::kOneShotLL ? c.ll_blocks : c.blocks);
-  cfg.blockDim = dim3(c.threads);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
-  TPCOMM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p));
+  launch(kernel, p, algo == AllReduceAlgo::kOneShotLL ? c.ll_blocks : c.blocks, c.threads, stream);
   c.fast_calls++;
   c.note_enqueued(stream);
   return algo;

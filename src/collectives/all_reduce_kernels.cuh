@@ -159,6 +159,38 @@ struct World {
   __device__ __forceinline__ static int size(const P& p) { return kW > 0 ? kW : p.world; }
 };
 
+// Reduces, for each u < U with v = base + u*stride < limit, vector v over ranks 0..W-1 in that order
+// (the fixed order that makes results bitwise identical on all ranks): load(r, u, v) returns rank r's copy
+// (u is a compile-time index after unrolling, so register arrays indexed by it stay in registers).
+// All U loads of a rank are issued before any is used, so U vectors per rank are in flight.
+template <typename T, ReduceOp OP, int kW, int U, typename Load>
+__device__ __forceinline__ void reduce_ranks(Acc<T, OP> (&acc)[U], int W, std::size_t base, std::size_t stride,
+                                             std::size_t limit, Load load) {
+#pragma unroll
+  for (int r = 0; r < World<kW>::kMax; ++r) {
+    if (r >= W) break;
+    uint4 x[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (base + u * stride < limit) x[u] = load(r, u, base + u * stride);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (base + u * stride >= limit) continue;
+      if (r == 0) acc[u].set(x[u]);
+      else acc[u].add(x[u]);
+    }
+  }
+}
+
+// Writes the reduced vectors (v = base + u*stride < limit) to out; store(v, value) may also forward them.
+template <typename T, ReduceOp OP, int U, typename Store>
+__device__ __forceinline__ void store_reduced(const Acc<T, OP> (&acc)[U], std::size_t base, std::size_t stride,
+                                              std::size_t limit, Store store) {
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+    if (base + u * stride < limit) store(base + u * stride, acc[u].get());
+}
+
 // ---- barrier-free one-shot (flag in data) -------------------------------------------------------------
 // Buffer layout per rank: 3 buffers x W slots x cap bytes; slot s holds rank s's message. Every 32-bit word
 // of an empty slot is 0x80000000; writers turn -0.0 inputs into +0.0 so no payload word can equal it (for
@@ -319,23 +351,11 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot(const __grid_constant
       if (!ok) break;
       const std::size_t base = it * tile + tid;
       Acc<T, OP> acc[U];
-#pragma unroll
-      for (int q = 0; q < Wd::kMax; ++q) {
-        if (q >= W) break;
-        uint4 x[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u)
-          if (u < ur && base + u * stride < p.nvec) x[u] = q == p.rank ? cur[u] : ld_v4_cg(mine + q * p.cap + (base + u * stride) * 16);
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          if (u >= ur || base + u * stride >= p.nvec) continue;
-          if (q == 0) acc[u].set(x[u]);
-          else acc[u].add(x[u]);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (u < ur && base + u * stride < p.nvec) store_vec(static_cast<T*>(p.output), base + u * stride, p.count, p.out_aligned, acc[u].get());
+      reduce_ranks<T, OP, kW, U>(acc, W, base, stride, p.nvec, [&](int r, int u, std::size_t v) {
+        return r == p.rank ? cur[u] : ld_v4_cg(mine + r * p.cap + v * 16);
+      });
+      store_reduced<T, OP, U>(acc, base, stride, p.nvec,
+                              [&](std::size_t v, uint4 x) { store_vec(static_cast<T*>(p.output), v, p.count, p.out_aligned, x); });
       if (it + 1 < iters) {
         device::block_arrive(p.bar, e0 + 2 + static_cast<uint32_t>(it), p.size_tag);
 #pragma unroll
@@ -353,37 +373,15 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot(const __grid_constant
     ok = __syncthreads_and(!device::aborted(p.sync));
   }
   if (ok) {
-    const char* mine = p.peer_ws[p.rank] + half;
     for (std::size_t base = tid; base < p.nvec; base += stride * U) {
       Acc<T, OP> acc[U];
-#pragma unroll
-      for (int q = 0; q < Wd::kMax; ++q) {
-        if (q >= W) break;
-        uint4 x[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const std::size_t v = base + u * stride;
-          if (v >= p.nvec) continue;
-          if (zero_copy) {
-            const T* src = reinterpret_cast<const T*>(static_cast<const char*>(p.reg->ptrs[q]) + p.reg_offset);
-            x[u] = (v + 1) * 16 > p.count * sizeof(T) ? load_vec(src, v, p.count, true)  // partial last vector
-                                                       : ld_v4_cg(src + v * Vec<T>::kN);
-          } else if (q == p.rank) {
-            x[u] = load_vec(in, v, p.count, p.in_aligned);
-          } else {
-            x[u] = ld_v4_cg(mine + q * p.cap + v * 16);
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          if (base + u * stride >= p.nvec) continue;
-          if (q == 0) acc[u].set(x[u]);
-          else acc[u].add(x[u]);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (base + u * stride < p.nvec) store_vec(static_cast<T*>(p.output), base + u * stride, p.count, p.out_aligned, acc[u].get());
+      reduce_ranks<T, OP, kW, U>(acc, W, base, stride, p.nvec, [&](int r, int, std::size_t v) {
+        const T* src = reinterpret_cast<const T*>(static_cast<const char*>(p.reg->ptrs[r]) + p.reg_offset);
+        return (v + 1) * 16 > p.count * sizeof(T) ? load_vec(src, v, p.count, true)  // partial last vector
+                                                  : ld_v4_cg(src + v * Vec<T>::kN);
+      });
+      store_reduced<T, OP, U>(acc, base, stride, p.nvec,
+                              [&](std::size_t v, uint4 x) { store_vec(static_cast<T*>(p.output), v, p.count, p.out_aligned, x); });
     }
     if (zero_copy) device::block_barrier(p.sync, p.bar, ++st.epoch, p.size_tag);
   }
@@ -436,37 +434,21 @@ __global__ void __launch_bounds__(512) all_reduce_two_shot(const __grid_constant
   bool ok = device::block_barrier(p.sync, p.bar, ++st.epoch, p.size_tag);
   if (ok) {
     const char* slots = p.peer_ws[p.rank] + region;
-    for (std::size_t base = tid; base < chunk; base += stride * U) {
+    // j indexes my chunk; it ends at the chunk or at the message, whichever comes first.
+    const std::size_t own = p.rank * chunk;
+    const std::size_t jlimit = own >= p.nvec ? 0 : (p.nvec - own < chunk ? p.nvec - own : chunk);
+    for (std::size_t base = tid; base < jlimit; base += stride * U) {
       Acc<T, OP> acc[U];
-#pragma unroll
-      for (int q = 0; q < Wd::kMax; ++q) {
-        if (q >= W) break;
-        uint4 x[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const std::size_t j = base + u * stride;
-          if (j < chunk && p.rank * chunk + j < p.nvec) x[u] = ld_v4_cg(slots + q * p.cap + j * 16);
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const std::size_t j = base + u * stride;
-          if (j >= chunk || p.rank * chunk + j >= p.nvec) continue;
-          if (q == 0) acc[u].set(x[u]);
-          else acc[u].add(x[u]);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const std::size_t j = base + u * stride, v = p.rank * chunk + j;
-        if (j >= chunk || v >= p.nvec) continue;
-        const uint4 r = acc[u].get();
-        store_vec(out, v, p.count, p.out_aligned, r);
+      reduce_ranks<T, OP, kW, U>(acc, W, base, stride, jlimit,
+                                 [&](int r, int, std::size_t j) { return ld_v4_cg(slots + r * p.cap + j * 16); });
+      store_reduced<T, OP, U>(acc, base, stride, jlimit, [&](std::size_t j, uint4 x) {
+        store_vec(out, own + j, p.count, p.out_aligned, x);
 #pragma unroll
         for (int q = 0; q < Wd::kMax; ++q) {
           if (q >= W) break;
-          if (q != p.rank) st_v4(p.peer_ws[q] + region + (W + p.rank) * p.cap + j * 16, r);
+          if (q != p.rank) st_v4(p.peer_ws[q] + region + (W + p.rank) * p.cap + j * 16, x);
         }
-      }
+      });
     }
     ok = device::block_barrier(p.sync, p.bar, ++st.epoch, p.size_tag);
   }
@@ -570,25 +552,11 @@ __global__ void __launch_bounds__(512) all_reduce_ce_reduce(const __grid_constan
     const std::size_t v1 = v0 + p.chunk_vecs < p.nvec ? v0 + p.chunk_vecs : p.nvec;
     for (std::size_t base = v0 + tid; base < v1; base += stride * U) {
       Acc<T, OP> acc[U];
-#pragma unroll
-      for (int r = 0; r < Wd::kMax; ++r) {
-        if (r >= W) break;
-        uint4 x[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          const std::size_t v = base + u * stride;
-          if (v < v1) x[u] = r == p.rank ? load_vec(in, v, p.count, p.in_aligned) : ld_v4_cg(p.slots + r * p.cap + v * 16);
-        }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          if (base + u * stride >= v1) continue;
-          if (r == 0) acc[u].set(x[u]);
-          else acc[u].add(x[u]);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u)
-        if (base + u * stride < v1) store_vec(static_cast<T*>(p.output), base + u * stride, p.count, p.out_aligned, acc[u].get());
+      reduce_ranks<T, OP, kW, U>(acc, W, base, stride, v1, [&](int r, int, std::size_t v) {
+        return r == p.rank ? load_vec(in, v, p.count, p.in_aligned) : ld_v4_cg(p.slots + r * p.cap + v * 16);
+      });
+      store_reduced<T, OP, U>(acc, base, stride, v1,
+                              [&](std::size_t v, uint4 x) { store_vec(static_cast<T*>(p.output), v, p.count, p.out_aligned, x); });
     }
   }
 }
