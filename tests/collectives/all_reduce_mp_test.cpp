@@ -119,9 +119,9 @@ bool run_case(const Communicator& comm, const Case& c, cudaStream_t s) {
   struct { void* p; char* c() const { return static_cast<char*>(p); } } in{in_base};
   std::vector<uint8_t> img_in(total, 0x5A), img_out(total, 0xFF);
   std::memcpy(img_in.data() + kGuard + c.offset, inputs[R].data(), bytes);
-  EXPECT_EQ(cudaMemcpy(in.p, img_in.data(), total, cudaMemcpyHostToDevice), cudaSuccess);
-  EXPECT_EQ(cudaMemcpy(out.p, img_out.data(), total, cudaMemcpyHostToDevice), cudaSuccess);
-  EXPECT_EQ(cudaMemcpy(nccl_out.p, img_out.data(), total, cudaMemcpyHostToDevice), cudaSuccess);
+  EXPECT_EQ(static_cast<cudaError_t>(tpcomm::test::copy_to_device(in.p, img_in.data(), total)), cudaSuccess);
+  EXPECT_EQ(static_cast<cudaError_t>(tpcomm::test::copy_to_device(out.p, img_out.data(), total)), cudaSuccess);
+  EXPECT_EQ(static_cast<cudaError_t>(tpcomm::test::copy_to_device(nccl_out.p, img_out.data(), total)), cudaSuccess);
   char* in_ptr = in.c() + kGuard + c.offset;
   char* out_ptr = c.in_place ? in_ptr : out.c() + kGuard + c.offset;
 
@@ -229,7 +229,7 @@ TEST(AllReduceZeroCopy, ReRegisteringAReplacedBufferReadsTheNewOne) {
     std::vector<std::vector<uint8_t>> inputs(W);
     for (int r = 0; r < W; ++r) inputs[r] = test::make_input(count, dt, seed, r);
     const auto ref = test::reference_all_reduce(inputs, count, dt, ReduceOp::kSum);
-    CUDA_OK(cudaMemcpy(in->p, inputs[R].data(), count * 2, cudaMemcpyHostToDevice));
+    CUDA_OK(static_cast<cudaError_t>(tpcomm::test::copy_to_device(in->p, inputs[R].data(), count * 2)));
     all_reduce(comm, in->p, out.p, count, dt, ReduceOp::kSum, s, {AllReduceAlgo::kOneShot, true});
     comm.synchronize(s);
     std::vector<uint8_t> got(count * 2);
@@ -277,7 +277,7 @@ TEST(AllReduceGraph, CaptureAndReplayCopyIn) {
     std::vector<std::vector<uint8_t>> inputs(W);
     for (int r = 0; r < W; ++r) inputs[r] = test::make_input(count, dt, seed, r);
     const auto ref = test::reference_all_reduce(inputs, count, dt, ReduceOp::kSum);
-    CUDA_OK(cudaMemcpy(in.p, inputs[R].data(), bytes, cudaMemcpyHostToDevice));
+    CUDA_OK(static_cast<cudaError_t>(tpcomm::test::copy_to_device(in.p, inputs[R].data(), bytes)));
     CUDA_OK(cudaMemset(outs.p, 0xFF, A * bytes));
     comm.host_barrier();
     CUDA_OK(cudaGraphLaunch(ge, s));
@@ -322,7 +322,7 @@ TEST(AllReduceGraph, ZeroCopyRegisteredAfterCapture) {
     std::vector<std::vector<uint8_t>> inputs(W);
     for (int r = 0; r < W; ++r) inputs[r] = test::make_input(count, dt, seed, r);
     const auto ref = test::reference_all_reduce(inputs, count, dt, ReduceOp::kSum);
-    CUDA_OK(cudaMemcpy(in.c() + 32, inputs[R].data(), bytes, cudaMemcpyHostToDevice));
+    CUDA_OK(static_cast<cudaError_t>(tpcomm::test::copy_to_device(in.c() + 32, inputs[R].data(), bytes)));
     CUDA_OK(cudaMemset(out.p, 0xFF, bytes));
     comm.host_barrier();
     CUDA_OK(cudaGraphLaunch(ge, s));
@@ -361,7 +361,7 @@ TEST(AllReduceStress, TenThousandMixedCallsNoHangNoDrift) {
     refs[k] = test::reference_all_reduce(inputs, counts[k], dt, ReduceOp::kSum);
     ins.push_back(std::make_unique<DevBuf>(counts[k] * 2));
     outs.push_back(std::make_unique<DevBuf>(counts[k] * 2 * 5));
-    CUDA_OK(cudaMemcpy(ins[k]->p, inputs[R].data(), counts[k] * 2, cudaMemcpyHostToDevice));
+    CUDA_OK(static_cast<cudaError_t>(tpcomm::test::copy_to_device(ins[k]->p, inputs[R].data(), counts[k] * 2)));
   }
   const auto t0 = std::chrono::steady_clock::now();
   std::size_t bad_total = 0;
@@ -474,8 +474,9 @@ TEST(AllReduceBadInput, ErrorsNameTheArgumentAndWriteNothing) {
   Communicator& comm = mp_comm();
   cudaStream_t s;
   CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  DevBuf in(1 << 21), out(1 << 21);
-  CUDA_OK(cudaMemset(out.p, 0x77, 1 << 21));
+  const std::size_t big = std::size_t(16) << 20;  // larger than every pinned workspace tested below
+  DevBuf in(big), out(big);
+  CUDA_OK(cudaMemset(out.p, 0x77, big));
   auto expect_error = [&](const char* what, ErrorCode code, auto fn) {
     try {
       fn();
@@ -495,8 +496,8 @@ TEST(AllReduceBadInput, ErrorsNameTheArgumentAndWriteNothing) {
                [&] { all_reduce(comm, in.p, nullptr, 16, DType::kBFloat16, ReduceOp::kSum, s); });
   expect_error("input", ErrorCode::kInvalidArgument,
                [&] { all_reduce(comm, in.c() + 1, out.p, 16, DType::kBFloat16, ReduceOp::kSum, s); });
-  expect_error("count", ErrorCode::kInvalidArgument, [&] {
-    all_reduce(comm, in.p, out.p, comm.options().lamport_max_bytes, DType::kBFloat16, ReduceOp::kSum, s,
+  expect_error("count", ErrorCode::kInvalidArgument, [&] {  // bytes = lamport_max_bytes + 16
+    all_reduce(comm, in.p, out.p, comm.options().lamport_max_bytes / 2 + 8, DType::kBFloat16, ReduceOp::kSum, s,
                {AllReduceAlgo::kOneShotLL, false});
   });
   expect_error("output", ErrorCode::kInvalidArgument, [&] {
@@ -511,7 +512,7 @@ TEST(AllReduceBadInput, ErrorsNameTheArgumentAndWriteNothing) {
     all_reduce(comm, in.c() + 2, out.p, 16, DType::kBFloat16, ReduceOp::kSum, s, {AllReduceAlgo::kOneShot, true});
   });
   comm.synchronize(s);
-  std::vector<uint8_t> got(1 << 21);
+  std::vector<uint8_t> got(big);
   CUDA_OK(cudaMemcpy(got.data(), out.p, got.size(), cudaMemcpyDeviceToHost));
   std::size_t changed = 0;
   for (auto b : got) changed += b != 0x77;

@@ -16,6 +16,12 @@ int cuda_device_count() {
   return n;
 }
 
+int copy_to_device(void* dst, const void* src, std::size_t bytes) {
+  cudaError_t e = cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice);
+  if (e == cudaSuccess) e = cudaDeviceSynchronize();
+  return static_cast<int>(e);
+}
+
 uint64_t fresh_seed() {
   static std::atomic<uint64_t> counter{0};
   const uint64_t t = static_cast<uint64_t>(std::chrono::high_resolution_clock::now().time_since_epoch().count());

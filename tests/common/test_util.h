@@ -1,6 +1,7 @@
 // Test helpers shared by all test binaries.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -25,6 +26,11 @@ struct SplitMix64 {
   // Uniform in [lo, hi).
   double uniform(double lo, double hi) { return lo + (hi - lo) * (next() >> 11) * (1.0 / 9007199254740992.0); }
 };
+
+// Host -> device copy that has landed when it returns. cudaMemcpy from pageable memory may return before its
+// DMA completes, and work on a cudaStreamNonBlocking stream does not wait for it (a race that showed up as
+// a graph replay reading half-old input).
+int copy_to_device(void* dst, const void* src, std::size_t bytes);
 
 // A fresh seed per call (time + counter), printed by tests on failure so a failure can be replayed.
 uint64_t fresh_seed();

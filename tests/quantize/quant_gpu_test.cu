@@ -39,7 +39,7 @@ struct Dev {
     CK(cudaMalloc(&p, std::max<size_t>(1, n) * sizeof(T)));
     CK(cudaMemset(p, fill, std::max<size_t>(1, n) * sizeof(T)));
   }
-  Dev(const std::vector<T>& h) : Dev(h.size()) { CK(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice)); }
+  Dev(const std::vector<T>& h) : Dev(h.size()) { CK(static_cast<cudaError_t>(tpcomm::test::copy_to_device(p, h.data(), n * sizeof(T)))); }
   ~Dev() { cudaFree(p); }
   Dev(const Dev&) = delete;
   Dev& operator=(const Dev&) = delete;
@@ -49,7 +49,7 @@ struct Dev {
     CK(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
     return h;
   }
-  void put(const std::vector<T>& h) { CK(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice)); }
+  void put(const std::vector<T>& h) { CK(static_cast<cudaError_t>(tpcomm::test::copy_to_device(p, h.data(), n * sizeof(T)))); }
 };
 
 uint32_t bits_of(float f) {

@@ -128,7 +128,7 @@ TEST(SingleProcess, AllReduceFromOneProcess) {
     void *in = nullptr, *out = nullptr;
     cudaMalloc(&in, count * 2);
     cudaMalloc(&out, count * 2 * 4);
-    cudaMemcpy(in, inputs[r].data(), count * 2, cudaMemcpyHostToDevice);
+    static_cast<cudaError_t>(tpcomm::test::copy_to_device(in, inputs[r].data(), count * 2));
     cudaMemset(out, 0xFF, count * 2 * 4);
     cudaStream_t s;
     cudaStreamCreate(&s);
