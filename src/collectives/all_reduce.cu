@@ -102,9 +102,7 @@ bool pdl_enabled() {
 
 std::size_t cap_of(const CommImpl& c, AllReduceAlgo a) {
   switch (a) {
-    case AllReduceAlgo::kOneShotLL:  // also bounded by what the grid holds in registers
-      return std::min<std::size_t>(c.opts.lamport_max_bytes,
-                                   std::size_t(16) * detail::kLLMaxPerThread * c.ll_blocks * c.threads);
+    case AllReduceAlgo::kOneShotLL: return c.opts.lamport_max_bytes;
     case AllReduceAlgo::kOneShot: return c.opts.one_shot_max_bytes;
     case AllReduceAlgo::kTwoShot: return c.opts.two_shot_max_bytes;
     case AllReduceAlgo::kOneShotCE: return c.ce_cap;

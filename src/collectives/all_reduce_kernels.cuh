@@ -218,28 +218,21 @@ __device__ __forceinline__ bool vec_ready(uint4 x) {
   return x.x != kEmptyWord && x.y != kEmptyWord && x.z != kEmptyWord && x.w != kEmptyWord;
 }
 
-// Polls one 16-byte vector until it holds data and returns it. On timeout (reported, naming `peer`) or
-// abort it returns an empty vector (!vec_ready). Returned by value: nothing of the caller's has its address
-// taken, so the caller's vectors stay in registers.
-__device__ __noinline__ uint4 poll_vec(const AllReduceParams& p, const char* src, int peer) {
+// Polls one 16-byte vector until it holds data; false on timeout (reported, naming `peer`) or abort.
+__device__ __noinline__ bool poll_vec(const AllReduceParams& p, const char* src, int peer, uint4& x) {
   const uint64_t start = device::global_timer_ns();
   for (uint32_t spin = 1;; ++spin) {
-    const uint4 x = ld_v4_volatile(src);
-    if (vec_ready(x)) return x;
+    x = ld_v4_volatile(src);
+    if (vec_ready(x)) return true;
     if ((spin & 63u) == 0) {
-      if (device::aborted(p.sync)) return make_uint4(kEmptyWord, kEmptyWord, kEmptyWord, kEmptyWord);
+      if (device::aborted(p.sync)) return false;
       if (device::global_timer_ns() - start > p.sync.timeout_ns) {
         device::report_error(p.sync, device::kDevTimeout, peer);
-        return make_uint4(kEmptyWord, kEmptyWord, kEmptyWord, kEmptyWord);
+        return false;
       }
     }
   }
 }
-
-// Most 16-byte vectors one thread handles in the barrier-free one-shot: its own (sanitized) vectors stay in
-// registers between the push and the reduce, so its own slot is never written, polled or cleared. The host
-// limits the message to kLLMaxPerThread * grid threads vectors.
-constexpr int kLLMaxPerThread = 4;
 
 template <typename T, ReduceOp OP, int kW>
 __global__ void __launch_bounds__(512) all_reduce_one_shot_ll(const __grid_constant__ AllReduceParams p) {
@@ -257,52 +250,42 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot_ll(const __grid_const
   const std::size_t buf_bytes = static_cast<std::size_t>(W) * p.cap;
   const T* in = static_cast<const T*>(p.input);
 
-  // 1. Push my vectors into slot `rank` of buffer idx on every peer; keep them for my own reduce.
-  uint4 own[kLLMaxPerThread];
-#pragma unroll
-  for (int k = 0; k < kLLMaxPerThread; ++k) {
-    const std::size_t v = tid + k * stride;
-    if (v >= p.nvec) break;
-    own[k] = sanitize<T>(load_vec(in, v, p.count, p.in_aligned));
+  // 1. Push my vectors into slot `rank` of buffer idx on every rank.
+  for (std::size_t v = tid; v < p.nvec; v += stride) {
+    const uint4 x = sanitize<T>(load_vec(in, v, p.count, p.in_aligned));
 #pragma unroll
     for (int q = 0; q < Wd::kMax; ++q) {
       if (q >= W) break;
-      if (q != p.rank) st_v4(p.peer_ws[q] + p.off + idx * buf_bytes + p.rank * p.cap + v * 16, own[k]);
+      st_v4(p.peer_ws[q] + p.off + idx * buf_bytes + p.rank * p.cap + v * 16, x);
     }
   }
-  // 2. Poll my own buffer until every peer's vector arrived, reduce in rank order (mine from registers).
+  // 2. Poll my own buffer until every rank's vector arrived, reduce in rank order.
   const char* mine = p.peer_ws[p.rank] + p.off + idx * buf_bytes;
   bool ok = true;
-#pragma unroll
-  for (int k = 0; k < kLLMaxPerThread; ++k) {
-    const std::size_t v = tid + k * stride;
-    if (v >= p.nvec || !ok) break;
+  for (std::size_t v = tid; v < p.nvec && ok; v += stride) {
     uint4 x[Wd::kMax];
 #pragma unroll
     for (int q = 0; q < Wd::kMax; ++q)
-      if (q < W) x[q] = q == p.rank ? own[k] : ld_v4_volatile(mine + q * p.cap + v * 16);
+      if (q < W) x[q] = ld_v4_volatile(mine + q * p.cap + v * 16);
     Acc<T, OP> acc;
 #pragma unroll
     for (int q = 0; q < Wd::kMax; ++q) {
       if (q >= W) break;
-      if (q != p.rank && !vec_ready(x[q])) {
-        x[q] = poll_vec(p, mine + q * p.cap + v * 16, q);
-        if (!vec_ready(x[q])) {
-          ok = false;
-          break;
-        }
+      if (!vec_ready(x[q]) && !poll_vec(p, mine + q * p.cap + v * 16, q, x[q])) {
+        ok = false;
+        break;
       }
       if (q == 0) acc.set(x[q]);
       else acc.add(x[q]);
     }
     if (ok) store_vec(static_cast<T*>(p.output), v, p.count, p.out_aligned, acc.get());
   }
-  // 3. Clear the previous launch's buffer (the peers' slots, as many vectors as that launch wrote).
+  // 3. Clear the previous launch's buffer (every slot, as many vectors as that launch wrote).
   char* prev_buf = p.peer_ws[p.rank] + p.off + prev * buf_bytes;
   const uint4 empty = make_uint4(kEmptyWord, kEmptyWord, kEmptyWord, kEmptyWord);
   for (std::size_t i = tid; i < prev_nvec * W; i += stride) {
     const std::size_t slot = i / prev_nvec, v = i % prev_nvec;
-    if (static_cast<int>(slot) != p.rank) st_v4(prev_buf + slot * p.cap + v * 16, empty);
+    st_v4(prev_buf + slot * p.cap + v * 16, empty);
   }
   st.ll_used[prev] = 0;  // cleared above
   st.ll_used[idx] = static_cast<uint32_t>(p.nvec);

@@ -69,7 +69,7 @@ static void init_common(CommImpl& c) {
   const std::size_t MiB = std::size_t(1) << 20;
   if (c.opts.two_shot_max_bytes == 0) c.opts.two_shot_max_bytes = W <= 2 ? 16 * MiB : 64 * MiB;
   if (c.opts.one_shot_max_bytes == 0) c.opts.one_shot_max_bytes = W <= 2 ? 64 * MiB : (W <= 4 ? 8 * MiB : 4 * MiB);
-  if (c.opts.lamport_max_bytes == 0) c.opts.lamport_max_bytes = 2 * MiB;
+  if (c.opts.lamport_max_bytes == 0) c.opts.lamport_max_bytes = 1 * MiB;
   if (c.opts.copy_engine_max_bytes == 0) c.opts.copy_engine_max_bytes = W <= 2 ? 16 * MiB : 0;  // auto does not use it
 
   TPCOMM_CUDA_CHECK(cudaStreamCreateWithFlags(&c.aux_stream, cudaStreamNonBlocking));
