@@ -19,6 +19,7 @@
 #include "collectives/bench_kernels.cuh"
 #include "common.h"
 #include "suites.h"
+#include "comm/comm_impl.h"
 #include "tpcomm/tpcomm.h"
 
 namespace tpcomm::bench {
@@ -324,7 +325,7 @@ int run(int argc, char** argv) {
       }
       std::printf("\n");
     }
-    const AllReduceTable t = default_all_reduce_table(W);
+    const AllReduceTable& t = comm->impl().ar_table;
     JsonObject top;
     top.add("device", device_name(comm->device())).add("world_size", W).add("command", command);
     top.add("peer_copy_GBps", peer_gbps).add("peer_copy_bidir_GBps", pc.bidir).add("fast_path", comm->fast_path()).add("auto_table", t.source);

@@ -268,8 +268,7 @@ AllReduceAlgo resolve_all_reduce(const Communicator& comm, std::size_t bytes, Al
                                                    std::to_string(cap_of(c, requested)) + " bytes (" + cap_option(requested) + ")");
     return requested;
   }
-  static const AllReduceTable table = default_all_reduce_table(c.world);
-  return select_all_reduce(table, bytes, c.topo.fast_path, cap_of(c, AllReduceAlgo::kOneShotLL),
+  return select_all_reduce(c.ar_table, bytes, c.topo.fast_path, cap_of(c, AllReduceAlgo::kOneShotLL),
                            cap_of(c, AllReduceAlgo::kOneShot), cap_of(c, AllReduceAlgo::kTwoShot),
                            cap_of(c, AllReduceAlgo::kOneShotCE));
 }

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "comm/topology.h"
+#include "tpcomm/all_reduce.h"
 #include "tpcomm/communicator.h"
 #include "tpcomm/device/sync_types.h"
 #include "tpcomm/symmetric_memory.h"
@@ -66,6 +67,7 @@ struct CommImpl {
   bool owns_nccl = false;
   CommOptions opts;
   Topology topo;
+  AllReduceTable ar_table;  // kAuto's crossover table for this world size (resolved at creation)
   std::vector<RankInfo> ranks;
 
   // host all-gather plumbing

@@ -14,6 +14,7 @@
 #include "comm/env.h"
 #include "common/check.h"
 #include "symm/symm_impl.h"
+#include "tpcomm/all_reduce.h"
 #include "tpcomm/error.h"
 #include "tpcomm/log.h"
 
@@ -62,6 +63,7 @@ static void init_common(CommImpl& c) {
   if (const char* t = std::getenv("TPCOMM_TIMEOUT_S")) c.opts.timeout_s = std::atof(t);
   TPCOMM_ARG_CHECK(c.opts.timeout_s > 0, "timeout_s", "must be positive");
   c.timeout_ns = static_cast<uint64_t>(c.opts.timeout_s * 1e9);
+  c.ar_table = default_all_reduce_table(c.world);  // per communicator: groups of different sizes differ
   const std::size_t W = static_cast<std::size_t>(c.world);
   // Default limits (0 = auto). For W = 2 the push one-shot moves the fewest bytes over NVLink at every
   // size, so it gets a large workspace and two-shot only a small one (for pinned use); for larger W,
