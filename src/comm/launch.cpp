@@ -71,10 +71,11 @@ int launch_local(const std::vector<std::string>& argv, const LaunchOptions& opti
   }
 
   const auto start = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point term_sent{};
   std::vector<int> codes(nproc, -1);
   int remaining = nproc;
   int first_failure = 0;
-  bool killed = false, timed_out = false;
+  bool terminated = false, killed = false, timed_out = false;
   while (remaining > 0) {
     int status = 0;
     const pid_t p = waitpid(-1, &status, WNOHANG);
@@ -87,17 +88,21 @@ int launch_local(const std::vector<std::string>& argv, const LaunchOptions& opti
       }
       continue;
     }
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (!timed_out && options.timeout_s > 0 && elapsed > options.timeout_s) timed_out = true;
-    if ((first_failure || timed_out) && !killed) {
+    const auto now = std::chrono::steady_clock::now();
+    if (!timed_out && options.timeout_s > 0 && std::chrono::duration<double>(now - start).count() > options.timeout_s)
+      timed_out = true;
+    if ((first_failure || timed_out) && !terminated) {
       // A failed rank would leave its peers waiting in a collective: stop them (TERM, then KILL after 5 s).
+      // Only children not reaped yet are signalled, so no recycled pid is ever hit.
       for (int r = 0; r < nproc; ++r)
         if (codes[r] < 0) kill(pids[r], SIGTERM);
+      terminated = true;
+      term_sent = now;
+    }
+    if (terminated && !killed && now - term_sent > std::chrono::seconds(5)) {
+      for (int r = 0; r < nproc; ++r)
+        if (codes[r] < 0) kill(pids[r], SIGKILL);
       killed = true;
-      std::thread([pids] {
-        std::this_thread::sleep_for(std::chrono::seconds(5));
-        for (pid_t q : pids) kill(q, SIGKILL);
-      }).detach();
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
