@@ -58,7 +58,8 @@ TEST(Launch, BadCommandIsAnError) {
 
 TEST(Launch, RanksThatIgnoreTermAreKilled) {
   const auto t0 = std::chrono::steady_clock::now();
-  // sh ignores TERM and waits on its child: only the escalation to KILL ends it.
-  EXPECT_EQ(run_sh("trap '' TERM; if [ \"$RANK\" = 0 ]; then exit 5; fi; sleep 60; exit 0", 2), 5);
+  // sh ignores TERM and waits on its child: only the escalation to KILL ends it. The orphaned sleep gets no
+  // stdout/stderr, so it cannot hold the test runner's output pipe open.
+  EXPECT_EQ(run_sh("trap '' TERM; if [ \"$RANK\" = 0 ]; then exit 5; fi; sleep 20 </dev/null >/dev/null 2>&1; exit 0", 2), 5);
   EXPECT_LT(seconds_since(t0), 15.0);
 }
