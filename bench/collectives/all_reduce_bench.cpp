@@ -42,6 +42,7 @@ struct Args {
   std::string out_dir = "bench/results/local", json;
   int nproc = 0;
   bool quick = false;
+  std::size_t lamport_max = 0;  // CommOptions::lamport_max_bytes (0 = library default)
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -60,7 +61,7 @@ void usage() {
   std::printf(
       "tpcomm-bench all_reduce [-b MIN] [-e MAX] [-f FACTOR] [--dtype bf16|f16|f32] [--op sum|max|min]\n"
       "    [--impls auto,one_shot_ll,one_shot,one_shot_zc,two_shot,one_shot_ce,nccl] [--modes graph,eager]\n"
-      "    [--check|--no-check] [--quick] [--out DIR] [--json PATH] [--nproc N]\n");
+      "    [--check|--no-check] [--quick] [--out DIR] [--json PATH] [--nproc N] [--lamport-max BYTES]\n");
 }
 
 bool parse(int argc, char** argv, Args& a) {
@@ -86,6 +87,7 @@ bool parse(int argc, char** argv, Args& a) {
     else if (k == "--out") a.out_dir = next();
     else if (k == "--json") a.json = next();
     else if (k == "--nproc") a.nproc = std::atoi(next().c_str());
+    else if (k == "--lamport-max") a.lamport_max = parse_size(next());
     else if (k == "-h" || k == "--help") { usage(); return false; }
     // other suites' options (the default job passes one argument list to every suite) are ignored
   }
@@ -178,6 +180,7 @@ int run(int argc, char** argv) {
   CommOptions opts;
   opts.two_shot_max_bytes = std::min<std::size_t>(std::max<std::size_t>(a.end, 1 << 20), std::size_t(64) << 20);
   opts.copy_engine_max_bytes = opts.two_shot_max_bytes;  // measure the pinned copy-engine path over the same range
+  opts.lamport_max_bytes = a.lamport_max;
   auto comm = Communicator::from_env(opts);
   const int R = comm->rank(), W = comm->world_size();
   const bool lead = R == 0;

@@ -28,7 +28,7 @@ struct CommOptions {
   std::size_t two_shot_max_bytes = 0;
   // One-shot (push, one barrier): workspace 2*W*this (W=2: 64 MiB, W<=4: 8 MiB, else 4 MiB).
   std::size_t one_shot_max_bytes = 0;
-  // Barrier-free one-shot: workspace 3*W*this (1 MiB).
+  // Barrier-free one-shot: workspace 3*W*this (1 MiB); messages above 512 KiB run its pipelined kernel.
   std::size_t lamport_max_bytes = 0;
   // Copy-engine one-shot (pinned use only; auto measured it slower): workspace W*this (W=2: 16 MiB;
   // larger W: not allocated, since each rank would send W-1 full copies).

@@ -52,9 +52,10 @@ CeKernelFn pick_ce_kernel(DType dtype, ReduceOp op, int world) {
 }
 
 template <typename T, ReduceOp OP, int kW>
-KernelFn pick_algo(AllReduceAlgo algo) {
+KernelFn pick_algo(AllReduceAlgo algo, bool large) {
   switch (algo) {
-    case AllReduceAlgo::kOneShotLL: return detail::all_reduce_one_shot_ll<T, OP, kW>;
+    case AllReduceAlgo::kOneShotLL:
+      return large ? detail::all_reduce_one_shot_ll_pipelined<T, OP, kW> : detail::all_reduce_one_shot_ll<T, OP, kW>;
     case AllReduceAlgo::kOneShot: return detail::all_reduce_one_shot<T, OP, kW>;
     case AllReduceAlgo::kTwoShot: return detail::all_reduce_two_shot<T, OP, kW>;
     default: break;
@@ -63,33 +64,47 @@ KernelFn pick_algo(AllReduceAlgo algo) {
 }
 
 template <typename T, ReduceOp OP>
-KernelFn pick_world(int world, AllReduceAlgo algo) {
+KernelFn pick_world(int world, AllReduceAlgo algo, bool large) {
   // W = 2 is specialized (unrolled rank loops, more loads in flight); other sizes read p.world.
-  return world == 2 && !g_force_generic.load(std::memory_order_relaxed) ? pick_algo<T, OP, 2>(algo) : pick_algo<T, OP, 0>(algo);
+  return world == 2 && !g_force_generic.load(std::memory_order_relaxed) ? pick_algo<T, OP, 2>(algo, large)
+                                                                        : pick_algo<T, OP, 0>(algo, large);
 }
 
 template <typename T>
-KernelFn pick_op(ReduceOp op, int world, AllReduceAlgo algo) {
+KernelFn pick_op(ReduceOp op, int world, AllReduceAlgo algo, bool large) {
   switch (op) {
-    case ReduceOp::kSum: return pick_world<T, ReduceOp::kSum>(world, algo);
-    case ReduceOp::kMax: return pick_world<T, ReduceOp::kMax>(world, algo);
-    case ReduceOp::kMin: return pick_world<T, ReduceOp::kMin>(world, algo);
+    case ReduceOp::kSum: return pick_world<T, ReduceOp::kSum>(world, algo, large);
+    case ReduceOp::kMax: return pick_world<T, ReduceOp::kMax>(world, algo, large);
+    case ReduceOp::kMin: return pick_world<T, ReduceOp::kMin>(world, algo, large);
   }
   throw Error(ErrorCode::kInvalidArgument, "op: unknown reduce op " + std::to_string(static_cast<int>(op)));
 }
 
 // The single runtime -> template mapping; anything outside {f32,f16,bf16} x {sum,max,min} x {ll,one,two}
-// x world sizes 1..8 fails here, loudly.
-KernelFn pick_kernel(DType dtype, ReduceOp op, int world, AllReduceAlgo algo) {
+// x world sizes 1..8 fails here, loudly. `large`: a barrier-free message above kLLSmallMaxBytes (pipelined
+// kernel).
+KernelFn pick_kernel(DType dtype, ReduceOp op, int world, AllReduceAlgo algo, bool large) {
   if (world < 1 || world > detail::kMaxRanks)
     throw Error(ErrorCode::kUnsupported, "world size " + std::to_string(world) + " has no fast-path kernel");
   switch (dtype) {
-    case DType::kFloat32: return pick_op<float>(op, world, algo);
-    case DType::kFloat16: return pick_op<__half>(op, world, algo);
-    case DType::kBFloat16: return pick_op<__nv_bfloat16>(op, world, algo);
+    case DType::kFloat32: return pick_op<float>(op, world, algo, large);
+    case DType::kFloat16: return pick_op<__half>(op, world, algo, large);
+    case DType::kBFloat16: return pick_op<__nv_bfloat16>(op, world, algo, large);
     default: break;
   }
   throw Error(ErrorCode::kInvalidArgument, std::string("dtype: ") + dtype_name(dtype) + " is not supported (f32, f16, bf16)");
+}
+
+// Vectors per thread and round of the pipelined barrier-free kernel: up to 4 (the W = 2 register budget),
+// fewer when that leaves under 4 rounds, so a 2-4 MiB message is still pipelined (TPCOMM_AR_LL_UNROLL pins it).
+int ll_unroll(std::size_t nvec, std::size_t threads) {
+  static const int pinned = [] {
+    const char* e = std::getenv("TPCOMM_AR_LL_UNROLL");
+    return e ? std::clamp(std::atoi(e), 1, 4) : 0;
+  }();
+  if (pinned) return pinned;
+  const std::size_t per_thread = (nvec + threads - 1) / threads;
+  return static_cast<int>(std::clamp<std::size_t>(per_thread / 4, 1, 4));
 }
 
 bool pdl_enabled() {
@@ -330,7 +345,8 @@ AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* outp
     c.note_enqueued(stream);
     return algo;
   }
-  const KernelFn kernel = pick_kernel(dtype, op, c.world, algo);
+  const bool ll_large = algo == AllReduceAlgo::kOneShotLL && bytes > detail::kLLSmallMaxBytes;
+  const KernelFn kernel = pick_kernel(dtype, op, c.world, algo, ll_large);
   AllReduceParams p{};
   p.input = input;
   p.output = output;
@@ -350,7 +366,11 @@ AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* outp
   p.bar.max_ranks = detail::kMaxRanks;
   p.sync = c.sync_ctx();
   switch (algo) {
-    case AllReduceAlgo::kOneShotLL: p.off = c.off_ll; p.cap = c.ll_cap; break;
+    case AllReduceAlgo::kOneShotLL:
+      p.off = ll_large ? c.off_llp : c.off_ll;
+      p.cap = ll_large ? c.llp_cap : c.ll_cap;
+      p.unroll = ll_large ? ll_unroll(p.nvec, static_cast<std::size_t>(c.blocks) * c.threads) : 0;
+      break;
     case AllReduceAlgo::kOneShot: p.off = c.off_one; p.cap = c.one_cap; break;
     default: p.off = c.off_two; p.cap = c.two_chunk_cap; break;
   }
@@ -376,7 +396,7 @@ AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* outp
   }
 
   // Fixed grids (see ArState): the grid is part of the cross-rank protocol and of the per-block state.
-  launch(kernel, p, algo == AllReduceAlgo::kOneShotLL ? c.ll_blocks : c.blocks, c.threads, stream);
+  launch(kernel, p, algo == AllReduceAlgo::kOneShotLL && !ll_large ? c.ll_blocks : c.blocks, c.threads, stream);
   c.fast_calls++;
   c.note_enqueued(stream);
   return algo;

@@ -42,6 +42,7 @@ struct AllReduceParams {
   std::size_t cap;        // one-shot: bytes per half; two-shot: bytes per chunk; barrier-free: bytes per slot
   const RankData* reg;    // zero-copy one-shot: peers' input pointers (nullptr = copy-in)
   std::size_t reg_offset; // bytes from each registered pointer to this call's input
+  int unroll;             // pipelined barrier-free one-shot: vectors per thread and round (1..4)
   ArState* state;
   device::BlockBarrier bar;
   device::SyncContext sync;
@@ -192,13 +193,20 @@ __device__ __forceinline__ void store_reduced(const Acc<T, OP> (&acc)[U], std::s
 }
 
 // ---- barrier-free one-shot (flag in data) -------------------------------------------------------------
-// Buffer layout per rank: 3 buffers x W slots x cap bytes; slot s holds rank s's message. Every 32-bit word
-// of an empty slot is 0x80000000; writers turn -0.0 inputs into +0.0 so no payload word can equal it (for
-// 16-bit types, a word would need a -0.0 in its upper half). Peers are at most one launch ahead (finishing
-// launch k needs everyone's data for k), so at launch k the buffer of launch k-1 is free to clear, and it
-// is clear again before anyone can reach launch k+2 and write into it.
+// Two kernels, each with its own workspace region, grid and BlockState counters, same protocol:
+//  * all_reduce_one_shot_ll (messages <= kLLSmallMaxBytes, CommImpl::ll_blocks): one pass, lowest latency.
+//  * all_reduce_one_shot_ll_pipelined (larger, CommImpl::blocks): rounds, the next pushed before the
+//    current one is polled; own vectors stay in registers (own slot unused).
+// Buffer layout per rank: 3 buffers x W slots x cap bytes; slot s holds rank s's message. Every 32-bit
+// word of an empty slot is 0x80000000; writers turn -0.0 inputs into +0.0 so no payload word can equal it
+// (for 16-bit types, a word would need a -0.0 in its upper half). Peers are at most one launch ahead
+// (finishing launch k needs everyone's data for k; this holds for the subsequence of launches of either
+// kernel too), so at launch k the buffer of launch k-1 is free to clear, and it is clear again (kernel
+// boundaries order the clearing stores before our next pushes) before anyone can reach launch k+2 and
+// write into it.
+// No release/fence on the data path: a release drains the SM's NVLink queue (bench/NOTES.md), while here
+// each vector carries its own validity.
 constexpr uint32_t kEmptyWord = 0x80000000u;
-
 template <typename T>
 __device__ __forceinline__ uint4 sanitize(uint4 x) {
   uint32_t w[4] = {x.x, x.y, x.z, x.w};
@@ -218,20 +226,124 @@ __device__ __forceinline__ bool vec_ready(uint4 x) {
   return x.x != kEmptyWord && x.y != kEmptyWord && x.z != kEmptyWord && x.w != kEmptyWord;
 }
 
-// Polls one 16-byte vector until it holds data; false on timeout (reported, naming `peer`) or abort.
-__device__ __noinline__ bool poll_vec(const AllReduceParams& p, const char* src, int peer, uint4& x) {
+// Polls one 16-byte vector until it holds data and returns it; on timeout (reported, naming `peer`) or
+// abort returns an empty vector (vec_ready() false). Returned by value, so callers' arrays stay in registers.
+__device__ __noinline__ uint4 poll_vec(const AllReduceParams& p, const char* src, int peer) {
   const uint64_t start = device::global_timer_ns();
   for (uint32_t spin = 1;; ++spin) {
-    x = ld_v4_volatile(src);
-    if (vec_ready(x)) return true;
+    const uint4 x = ld_v4_volatile(src);
+    if (vec_ready(x)) return x;
     if ((spin & 63u) == 0) {
-      if (device::aborted(p.sync)) return false;
+      if (device::aborted(p.sync)) break;
       if (device::global_timer_ns() - start > p.sync.timeout_ns) {
         device::report_error(p.sync, device::kDevTimeout, peer);
-        return false;
+        break;
       }
     }
   }
+  return make_uint4(kEmptyWord, kEmptyWord, kEmptyWord, kEmptyWord);
+}
+
+template <typename T, ReduceOp OP, int kW>
+__global__ void __launch_bounds__(512) all_reduce_one_shot_ll_pipelined(const __grid_constant__ AllReduceParams p) {
+  griddep_wait();
+  griddep_launch_dependents();
+  using Wd = World<kW>;
+  constexpr int U = Wd::kUnroll;
+  const int W = Wd::size(p);
+  BlockState* bs = &p.state->blocks[blockIdx.x];
+  BlockState st = *bs;
+  const int idx = static_cast<int>(st.llp_seq % 3);
+  const int prev = (idx + 2) % 3;
+  const std::size_t prev_nvec = st.llp_used[prev];
+  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
+  const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const std::size_t buf_bytes = static_cast<std::size_t>(W) * p.cap;
+  const T* in = static_cast<const T*>(p.input);
+  const char* mine = p.peer_ws[p.rank] + p.off + idx * buf_bytes;    // peers' vectors arrive here
+  char* prev_buf = p.peer_ws[p.rank] + p.off + prev * buf_bytes;    // launch k-1's buffer, cleared here
+  const uint4 empty = make_uint4(kEmptyWord, kEmptyWord, kEmptyWord, kEmptyWord);
+
+  // Round r = vectors r * tile + tid + u * stride (u < uc) of every rank's message; the host picks uc
+  // (p.unroll, 1..U) so that mid-size messages still get several rounds.
+  const int uc = p.unroll < 1 ? 1 : (p.unroll < U ? p.unroll : U);  // U: this instantiation's registers
+  const std::size_t tile = stride * uc;
+  const std::size_t rounds = (p.nvec + tile - 1) / tile;
+  const std::size_t clear_rounds = (prev_nvec + tile - 1) / tile;
+  auto load_push = [&](std::size_t r, uint4 (&x)[U]) {
+    const std::size_t base = r * tile + tid;
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (u < uc && base + u * stride < p.nvec) x[u] = sanitize<T>(load_vec(in, base + u * stride, p.count, p.in_aligned));
+#pragma unroll
+    for (int q = 0; q < Wd::kMax; ++q) {
+      if (q >= W) break;
+      if (q == p.rank) continue;
+      char* dst = p.peer_ws[q] + p.off + idx * buf_bytes + p.rank * p.cap;
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (u < uc && base + u * stride < p.nvec) st_v4(dst + (base + u * stride) * 16, x[u]);
+    }
+  };
+  auto clear = [&](std::size_t r) {  // launch k-1's vectors of round r, in every peer's slot
+    const std::size_t base = r * tile + tid;
+#pragma unroll
+    for (int q = 0; q < Wd::kMax; ++q) {
+      if (q >= W) break;
+      if (q == p.rank) continue;
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+        if (u < uc && base + u * stride < prev_nvec) st_v4(prev_buf + q * p.cap + (base + u * stride) * 16, empty);
+    }
+  };
+
+  // Software pipeline: round r+1 is loaded and pushed before round r is polled, so the link always has
+  // the next round queued while this thread waits for its peers' copies of round r.
+  uint4 cur[U], nxt[U];
+  if (rounds > 0) load_push(0, cur);
+  bool ok = true;
+  for (std::size_t r = 0; r < rounds; ++r) {
+    if (r + 1 < rounds) load_push(r + 1, nxt);
+    const std::size_t base = r * tile + tid;
+    Acc<T, OP> acc[U];
+#pragma unroll
+    for (int q = 0; q < Wd::kMax; ++q) {  // fixed rank order: bitwise identical results on every rank
+      if (q >= W || !ok) break;
+      uint4 x[U];
+      if (q == p.rank) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) x[u] = cur[u];
+      } else {
+        const char* src = mine + q * p.cap;
+#pragma unroll
+        for (int u = 0; u < U; ++u)  // all U loads issued before any is checked
+          if (u < uc && base + u * stride < p.nvec) x[u] = ld_v4_volatile(src + (base + u * stride) * 16);
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          if (ok && u < uc && base + u * stride < p.nvec && !vec_ready(x[u])) {
+            x[u] = poll_vec(p, src + (base + u * stride) * 16, q);
+            ok = vec_ready(x[u]);
+          }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (u >= uc || base + u * stride >= p.nvec) continue;
+        if (q == 0) acc[u].set(x[u]);
+        else acc[u].add(x[u]);
+      }
+    }
+    if (ok)
+      store_reduced<T, OP, U>(acc, base, stride, base + uc * stride < p.nvec ? base + uc * stride : p.nvec,
+                              [&](std::size_t v, uint4 x) { store_vec(static_cast<T*>(p.output), v, p.count, p.out_aligned, x); });
+    clear(r);
+#pragma unroll
+    for (int u = 0; u < U; ++u) cur[u] = nxt[u];
+  }
+  for (std::size_t r = rounds; r < clear_rounds; ++r) clear(r);
+  st.llp_used[prev] = 0;  // cleared above
+  st.llp_used[idx] = static_cast<uint32_t>(p.nvec);
+  st.llp_seq += 1;
+  finish_block(bs, st);
 }
 
 template <typename T, ReduceOp OP, int kW>
@@ -271,7 +383,7 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot_ll(const __grid_const
 #pragma unroll
     for (int q = 0; q < Wd::kMax; ++q) {
       if (q >= W) break;
-      if (!vec_ready(x[q]) && !poll_vec(p, mine + q * p.cap + v * 16, q, x[q])) {
+      if (!vec_ready(x[q]) && !vec_ready(x[q] = poll_vec(p, mine + q * p.cap + v * 16, q))) {
         ok = false;
         break;
       }

@@ -30,6 +30,10 @@ constexpr std::size_t kPadProbeOffset = kMaxBlocks * kMaxRanks * sizeof(uint64_t
 // Copy-engine one-shot: arrival flags u32 [kCeMaxChunks][kMaxRanks], set to 1 by the sender's copy stream
 // (cuStreamWriteValue32) after a chunk's copy, reset to 0 by the receiver before the next call's barrier.
 constexpr int kCeMaxChunks = 32;
+// Barrier-free one-shot: messages up to this size run the one-pass kernel (lowest latency: 8 KiB 3.00 vs
+// 3.70 us, 512 KiB 4.84 vs 5.47 us for the pipelined kernel), larger ones the pipelined kernel (1 MiB
+// 7.00-7.10 vs 7.75 us), measured on nvidia-h200-x2 (bench/NOTES.md).
+constexpr std::size_t kLLSmallMaxBytes = std::size_t(512) << 10;
 constexpr std::size_t kPadCeOffset = kPadProbeOffset + 256;
 constexpr int kCeBarrierRow = kMaxBlocks - 1;  // flag row and BlockState replica of the copy-engine barrier
 static_assert(kPadCeOffset + kCeMaxChunks * kMaxRanks * sizeof(uint32_t) <= kSignalPadBytes, "signal pad too small");
@@ -42,7 +46,7 @@ struct RankData {
 
 // Per-communicator device state of the all-reduce kernels (local memory, zeroed at creation), one replica
 // per block index. Every algorithm launches a grid of fixed size for the life of the communicator (barrier
-// algorithms: CommImpl::blocks, barrier-free: CommImpl::ll_blocks), so every block of that algorithm sees
+// algorithms and the pipelined barrier-free kernel: CommImpl::blocks, barrier-free: CommImpl::ll_blocks), so every block of that algorithm sees
 // every launch and all replicas hold the same counters: a block reads its replica at its start and writes
 // it at its end, with no atomics or fences between blocks.
 struct BlockState {
@@ -50,6 +54,8 @@ struct BlockState {
   uint32_t seq;         // barrier-algorithm launches; parity selects the double-buffered half
   uint32_t ll_seq;      // barrier-free launches; %3 selects the buffer
   uint32_t ll_used[3];  // 16-byte vectors per slot written into each barrier-free buffer (to clear)
+  uint32_t llp_seq;     // the same for the pipelined barrier-free kernel (its own region and grid)
+  uint32_t llp_used[3];
   uint32_t pad[2];
 };
 struct ArState {
@@ -83,8 +89,8 @@ struct CommImpl {
 
   // all-reduce workspace
   std::unique_ptr<SymmetricBuffer> ws;
-  std::size_t off_two = 0, off_one = 0, off_ll = 0, off_ce = 0;  // region offsets in the workspace data
-  std::size_t two_chunk_cap = 0, one_cap = 0, ll_cap = 0, ce_cap = 0;
+  std::size_t off_two = 0, off_one = 0, off_ll = 0, off_llp = 0, off_ce = 0;  // region offsets in the workspace data
+  std::size_t two_chunk_cap = 0, one_cap = 0, ll_cap = 0, llp_cap = 0, ce_cap = 0;
   cudaStream_t ce_stream = nullptr;  // copy-engine one-shot: the copies run here, forked from the caller's stream
   cudaEvent_t ce_fork = nullptr, ce_join = nullptr;
   int blocks = 128;     // grid of the barrier algorithms (fixed for the communicator's life; TPCOMM_AR_BLOCKS)

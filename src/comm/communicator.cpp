@@ -71,6 +71,9 @@ static void init_common(CommImpl& c) {
   const std::size_t MiB = std::size_t(1) << 20;
   if (c.opts.two_shot_max_bytes == 0) c.opts.two_shot_max_bytes = W <= 2 ? 16 * MiB : 64 * MiB;
   if (c.opts.one_shot_max_bytes == 0) c.opts.one_shot_max_bytes = W <= 2 ? 64 * MiB : (W <= 4 ? 8 * MiB : 4 * MiB);
+  // Barrier-free one-shot: 1 MiB. At W = 2 its pipelined kernel beat the push one-shot at 1 MiB and 8 MiB
+  // but lost at 2, 4 and 16 MiB (bench/NOTES.md), so a larger region (3 x W x cap) would buy nothing by
+  // default; callers may raise it and pin one_shot_ll.
   if (c.opts.lamport_max_bytes == 0) c.opts.lamport_max_bytes = 1 * MiB;
   if (c.opts.copy_engine_max_bytes == 0) c.opts.copy_engine_max_bytes = W <= 2 ? 16 * MiB : 0;  // auto does not use it
 
@@ -147,7 +150,10 @@ static void setup_fast_path(const Communicator& comm, CommImpl& c) {
   auto round16 = [](std::size_t x) { return (x + 15) / 16 * 16; };
   c.two_chunk_cap = round16((c.opts.two_shot_max_bytes + W - 1) / W) + 16;  // + one vector of rounding slack
   c.one_cap = round16(c.opts.one_shot_max_bytes);
-  c.ll_cap = round16(c.opts.lamport_max_bytes);
+  // Barrier-free one-shot: the one-pass kernel's region holds up to kLLSmallMaxBytes, the pipelined
+  // kernel's region the rest (none when lamport_max_bytes is smaller).
+  c.ll_cap = round16(std::min(c.opts.lamport_max_bytes, kLLSmallMaxBytes));
+  c.llp_cap = c.opts.lamport_max_bytes > kLLSmallMaxBytes ? round16(c.opts.lamport_max_bytes) : 0;
   // Fixed grids for the life of the communicator (the grid is part of the cross-rank protocol).
   auto env_int = [](const char* name, int def, int lo, int hi) {
     const char* v = std::getenv(name);
@@ -157,12 +163,13 @@ static void setup_fast_path(const Communicator& comm, CommImpl& c) {
   c.ll_blocks = env_int("TPCOMM_AR_LL_BLOCKS", 64, 1, kMaxBlocks - 1);  // 64 beat 16/32 from 256 KiB up (h200x2)
   c.threads = env_int("TPCOMM_AR_THREADS", 512, 64, 512) / 32 * 32;
   // Data layout: [two-shot: 2 parities x (W slots + W gather) chunks][one-shot: 2 parities x W slots]
-  //              [barrier-free: 3 buffers x W slots]
+  //              [barrier-free: 3 buffers x W slots][pipelined barrier-free: 3 buffers x W slots]
   c.off_two = 0;
   c.off_one = c.off_two + 2 * 2 * W * c.two_chunk_cap;
   c.off_ll = c.off_one + 2 * W * c.one_cap;
   c.ce_cap = c.opts.copy_engine_max_bytes ? round16(c.opts.copy_engine_max_bytes) : 0;
-  c.off_ce = c.off_ll + 3 * W * c.ll_cap;  // [copy-engine one-shot: W slots, single buffer]
+  c.off_llp = c.off_ll + 3 * W * c.ll_cap;
+  c.off_ce = c.off_llp + 3 * W * c.llp_cap;  // [copy-engine one-shot: W slots, single buffer]
   const std::size_t total = c.off_ce + W * c.ce_cap;
   TPCOMM_CUDA_CHECK(cudaStreamCreateWithFlags(&c.ce_stream, cudaStreamNonBlocking));
   TPCOMM_CUDA_CHECK(cudaEventCreateWithFlags(&c.ce_fork, cudaEventDisableTiming));
@@ -179,7 +186,7 @@ static void setup_fast_path(const Communicator& comm, CommImpl& c) {
 
   // Barrier-free buffers start as "empty" (every 32-bit word = the sentinel).
   auto* ll = reinterpret_cast<uint32_t*>(static_cast<char*>(c.ws->local()) + c.off_ll);
-  memset32(c.aux_stream, ll, 0x80000000u, 3 * W * c.ll_cap / 4);
+  memset32(c.aux_stream, ll, 0x80000000u, 3 * W * (c.ll_cap + c.llp_cap) / 4);  // both regions (adjacent)
   TPCOMM_CUDA_CHECK(cudaMalloc(&c.d_state, sizeof(ArState)));
   TPCOMM_CUDA_CHECK(cudaMemsetAsync(c.d_state, 0, sizeof(ArState), c.aux_stream));
   TPCOMM_CUDA_CHECK(cudaMalloc(&c.d_regs, sizeof(RankData) * kMaxRegSlots));
