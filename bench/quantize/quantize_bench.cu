@@ -91,6 +91,7 @@ struct Options {
   std::string out_dir = "bench/results/local";
   std::string json_path;
   std::vector<std::string> kernels;
+  std::vector<int64_t> experts;  // 3-D expert counts (default: the issue's list)
   bool quick = false;
   bool check = false;
   bool probe = true;   // memory-path probe (cheap), recorded in the JSON
@@ -369,6 +370,7 @@ void print_help() {
       "                 fp8_128x128 mxfp8_rowwise mxfp8_colwise mxfp8_both mxfp8_colwise_3d nvfp4_1x16\n"
       "                 nvfp4_1x16_amax nvfp4_16x16 fp8_rowwise_dequant mxfp8_rowwise_dequant nvfp4_dequant\n"
       "  --quick        a few shapes (smoke test)\n"
+      "  --experts a,b  3-D MXFP8 expert counts (default 1,2,4,8,16,32,64,128)\n"
       "  --check        verify one window of every case against the CPU reference (\"correct\" in the JSON)\n"
       "  --no-probe     skip the memory-path probe (SM copy kernels, TMA stores, memcpy, memset)\n"
       "  --once         launch each probe and case once without timing (for ncu); writes no JSON\n"
@@ -396,6 +398,16 @@ int run_quantize_suite(int argc, char** argv) {
         const size_t c = s.find(',', pos);
         const std::string k = s.substr(pos, c == std::string::npos ? std::string::npos : c - pos);
         if (!k.empty()) o.kernels.push_back(k);
+        if (c == std::string::npos) break;
+        pos = c + 1;
+      }
+    } else if (a == "--experts") {
+      std::string v = next();
+      size_t pos = 0;
+      while (pos <= v.size()) {
+        const size_t c = v.find(',', pos);
+        const std::string k = v.substr(pos, c == std::string::npos ? std::string::npos : c - pos);
+        if (!k.empty()) o.experts.push_back(std::stoll(k));
         if (c == std::string::npos) break;
         pos = c + 1;
       }
@@ -436,6 +448,7 @@ int run_quantize_suite(int argc, char** argv) {
     experts = {1, 8};
     nk3d = {{4096, 2048}};
   }
+  if (!o.experts.empty()) experts = o.experts;
   Scalars sc{};
   BENCH_CUDA(cudaMalloc(&sc.given_amax, 256));
   sc.amax_out = sc.given_amax + 16;

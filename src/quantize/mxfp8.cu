@@ -3,6 +3,7 @@
 
 #include "common/check.h"
 #include "quantize/mxfp8_kernels.cuh"
+#include "quantize/tile_launch.h"
 #include "quantize/validate.h"
 #include "tpcomm/quantize.h"
 
@@ -12,12 +13,24 @@ namespace {
 
 using namespace detail;
 
+// Rowwise + colwise: persistent kernel (TPCOMM_QUANT_ONE_TILE_PER_BLOCK=1: the one-tile-per-block kernel, for A/B
+// measurements); single outputs: one tile per block.
+template <int kFmt, bool kRceil, bool kRow, bool kCol>
+void launch_one(const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream) {
+  if constexpr (kRow && kCol) {
+    if (!one_tile_per_block()) {
+      launch_persistent<mxfp8_quantize_persistent_kernel<kFmt, kRceil, kRow, kCol>>(kp, tiles, stream);
+      return;
+    }
+  }
+  mxfp8_quantize_kernel<kFmt, kRceil, kRow, kCol><<<static_cast<unsigned>(tiles), kTileThreads, 0, stream>>>(kp);
+}
+
 template <int kFmt, bool kRceil>
 void launch_outputs(bool row, bool col, const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream) {
-  const unsigned grid = static_cast<unsigned>(tiles);
-  if (row && col) mxfp8_quantize_kernel<kFmt, kRceil, true, true><<<grid, kTileThreads, 0, stream>>>(kp);
-  else if (row) mxfp8_quantize_kernel<kFmt, kRceil, true, false><<<grid, kTileThreads, 0, stream>>>(kp);
-  else mxfp8_quantize_kernel<kFmt, kRceil, false, true><<<grid, kTileThreads, 0, stream>>>(kp);
+  if (row && col) launch_one<kFmt, kRceil, true, true>(kp, tiles, stream);
+  else if (row) launch_one<kFmt, kRceil, true, false>(kp, tiles, stream);
+  else launch_one<kFmt, kRceil, false, true>(kp, tiles, stream);
 }
 
 // The single place mapping runtime choices (format x rounding) to kernel instantiations.
@@ -54,6 +67,7 @@ void mxfp8_quantize(const Mxfp8QuantizeParams& p, cudaStream_t stream) {
   kp.col_scales = p.col_scales;
   kp.swizzled = p.scale_layout == ScaleLayout::kSwizzled128x4;
   const int64_t tiles = p.experts * kp.tiles_per_expert * kp.col_tiles;
+  kp.tiles = tiles;
   dispatch(p.format, p.rounding, row, col, kp, tiles, stream);
   TPCOMM_CUDA_CHECK(cudaGetLastError());
 }

@@ -256,6 +256,98 @@ TEST(QuantGpu, Mxfp8DequantizeMatchesReference) {
 }
 
 // ---- FP8 ------------------------------------------------------------------------------------------------------------
+// The tile kernels run persistent blocks that walk several tiles each (tile.cuh) once a tensor has more 128x128 tiles
+// than fit on the GPU at once (about 400 to 660 blocks on an H200); the shapes above all fit in one wave. These
+// shapes have partial row and column tiles and several tiles per block.
+TEST(QuantGpu, TileKernelsWithSeveralTilesPerBlock) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const int64_t E = 6, N = 1056, K = 2080;  // 6 x 9 x 17 = 918 tiles
+  const auto x = make_input(E * N, K, seed + 900, true, true);
+  Dev<uint16_t> d_in(x);
+  struct MxCase {
+    Fp8Format fmt;
+    E8M0Rounding rnd;
+    ScaleLayout lay;
+    bool row, col;
+  };
+  for (const MxCase& c : {MxCase{Fp8Format::kE4M3, E8M0Rounding::kRceil, ScaleLayout::kLinear, true, true},
+                          MxCase{Fp8Format::kE5M2, E8M0Rounding::kFloor, ScaleLayout::kSwizzled128x4, true, true},
+                          MxCase{Fp8Format::kE4M3, E8M0Rounding::kFloor, ScaleLayout::kLinear, true, false},
+                          MxCase{Fp8Format::kE4M3, E8M0Rounding::kFloor, ScaleLayout::kLinear, false, true}}) {
+    const auto want = ref::mxfp8_quantize(x, E, N, K, c.fmt, c.rnd, c.lay, c.row, c.col);
+    const std::string tag = std::string("mxfp8 ") + fp8_format_name(c.fmt) + " " + e8m0_rounding_name(c.rnd) + " " +
+                            scale_layout_name(c.lay) + (c.row ? " row" : "") + (c.col ? " col" : "");
+    Dev<uint8_t> rd(want.row_data.size()), rs(want.row_scales.size()), cd(want.col_data.size()),
+        cs(want.col_scales.size());
+    Mxfp8QuantizeParams p;
+    p.input = d_in.p;
+    p.experts = E;
+    p.rows = N;
+    p.cols = K;
+    p.format = c.fmt;
+    p.rounding = c.rnd;
+    p.scale_layout = c.lay;
+    if (c.row) {
+      p.row_data = rd.p;
+      p.row_scales = rs.p;
+    }
+    if (c.col) {
+      p.col_data = cd.p;
+      p.col_scales = cs.p;
+    }
+    mxfp8_quantize(p, nullptr);
+    if (c.row) {
+      EXPECT_TRUE(same(rd.get(), want.row_data, tag + " row_data"));
+      EXPECT_TRUE(same(rs.get(), want.row_scales, tag + " row_scales"));
+    }
+    if (c.col) {
+      EXPECT_TRUE(same(cd.get(), want.col_data, tag + " col_data"));
+      EXPECT_TRUE(same(cs.get(), want.col_scales, tag + " col_scales"));
+    }
+  }
+  const int64_t M = E * N;  // the same data as one 2-D (6336 x 2080) matrix
+  for (Nvfp4Block blk : {Nvfp4Block::k1x16, Nvfp4Block::k16x16}) {
+    const ScaleLayout lay = blk == Nvfp4Block::k1x16 ? ScaleLayout::kLinear : ScaleLayout::kSwizzled128x4;
+    const float given = 1000.0f;
+    Dev<float> d_given(std::vector<float>{given});
+    const auto want = ref::nvfp4_quantize(x, M, K, blk, lay, &given);
+    const std::string tag = std::string("nvfp4 ") + (blk == Nvfp4Block::k1x16 ? "1x16 " : "16x16 ") + scale_layout_name(lay);
+    Dev<uint8_t> out(want.data.size()), sc(want.scales.size());
+    Dev<float> sinv(1);
+    Nvfp4QuantizeParams p;
+    p.input = d_in.p;
+    p.rows = M;
+    p.cols = K;
+    p.block = blk;
+    p.scale_layout = lay;
+    p.output = out.p;
+    p.block_scales = sc.p;
+    p.global_amax_in = d_given.p;
+    p.global_scale_inv = sinv.p;
+    nvfp4_quantize(p, nullptr);
+    EXPECT_TRUE(same(out.get(), want.data, tag + " data"));
+    EXPECT_TRUE(same(sc.get(), want.scales, tag + " scales"));
+  }
+  for (Fp8Scaling sc : {Fp8Scaling::kBlock1x128, Fp8Scaling::kBlock128x128}) {
+    const auto want = ref::fp8_quantize(x, M, K, Fp8Format::kE4M3, sc, false, 0, nullptr);
+    const std::string tag = std::string("fp8 ") + fp8_scaling_name(sc);
+    Dev<uint8_t> out(want.data.size());
+    Dev<float> scale(want.scale_inv.size(), 0);
+    Fp8QuantizeParams p;
+    p.input = d_in.p;
+    p.rows = M;
+    p.cols = K;
+    p.format = Fp8Format::kE4M3;
+    p.scaling = sc;
+    p.output = out.p;
+    p.scale_inv = scale.p;
+    fp8_quantize(p, nullptr);
+    EXPECT_TRUE(same(out.get(), want.data, tag + " data"));
+    EXPECT_TRUE(same(scale.get(), want.scale_inv, tag + " scale_inv"));
+  }
+}
+
 TEST(QuantGpu, Fp8QuantizeMatchesReference) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
@@ -402,7 +494,8 @@ TEST(QuantGpu, Nvfp4DequantizeMatchesReference) {
   for (ScaleLayout lay : {ScaleLayout::kLinear, ScaleLayout::kSwizzled128x4}) {
     const auto sc = random_bytes(static_cast<size_t>(nvfp4_scale_bytes(rows, cols, lay)), seed + 3);
     Dev<uint8_t> d_sc(sc);
-    for (float g : {1.0f, 0.0123f, std::ldexp(1.0f, -130)}) {
+    // Inf / NaN / overflowing global scales exercise the kernel's "no NaN possible" fast path decision.
+    for (float g : {1.0f, 0.0123f, std::ldexp(1.0f, -130), INFINITY, NAN, 3.0e38f}) {
       Dev<float> d_g(std::vector<float>{g});
       for (DType dt : {DType::kBFloat16, DType::kFloat32}) {
         Dev<uint8_t> out(static_cast<size_t>(rows * cols) * dtype_size(dt));
