@@ -1,5 +1,7 @@
 #include "common.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -7,6 +9,10 @@
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+#include <vector>
+
+#include "tpcomm/error.h"
+#include "tpcomm/launch.h"
 
 namespace tpcomm::bench {
 
@@ -191,6 +197,41 @@ bool write_file(const std::string& path, const std::string& text) {
   }
   f << text;
   return static_cast<bool>(f);
+}
+
+bool relaunch_per_gpu(const char* suite, int argc, char** argv, int nproc, double timeout_s, int* rc) {
+  if (launched_by_env()) return false;
+  int ndev = 0;
+  if (cudaGetDeviceCount(&ndev) != cudaSuccess) ndev = 0;
+  const int n = nproc > 0 ? nproc : ndev;
+  if (n < 2 || ndev < 2) {
+    std::printf("%s: skipped: needs 2 or more GPUs (%d visible)\n", suite, ndev);
+    *rc = 0;
+    return true;
+  }
+  char exe[4096] = {0};
+  const ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (len <= 0) {
+    std::fprintf(stderr, "%s: cannot find this executable (/proc/self/exe)\n", suite);
+    *rc = 2;
+    return true;
+  }
+  std::vector<std::string> cmd = {exe};
+  for (int i = 0; i < argc; ++i) cmd.push_back(argv[i]);
+  LaunchOptions lo;
+  lo.nproc = n;
+  lo.timeout_s = timeout_s;
+  *rc = launch_local(cmd, lo);
+  return true;
+}
+
+int run_suite_guarded(const char* suite, int (*body)(int, char**), int argc, char** argv) {
+  try {
+    return body(argc, argv);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "%s: %s\n", suite, e.what());
+    return 1;
+  }
 }
 
 }  // namespace tpcomm::bench

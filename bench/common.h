@@ -43,6 +43,16 @@ double time_graph_us(cudaStream_t stream, const std::function<void()>& fn, int i
 double measure_copy_GBps(std::size_t bytes = std::size_t(1) << 30, int reps = 10);
 
 std::string device_name(int device);
+
+// Multi-GPU suites started without a launcher (torchrun, mpirun, tpcomm-launch): re-runs this executable
+// with the same arguments as one process per GPU (nproc, or every visible GPU when 0) and returns the
+// launcher's exit code in *rc. Returns false when the caller is already one rank and should go on.
+// Fewer than 2 GPUs: prints "<suite>: skipped: ..." and sets *rc = 0. timeout_s: kill the ranks after
+// that long (0: no limit).
+bool relaunch_per_gpu(const char* suite, int argc, char** argv, int nproc, double timeout_s, int* rc);
+
+// Runs a suite body, turning a tpcomm::Error into "<suite>: message" on stderr and exit code 1.
+int run_suite_guarded(const char* suite, int (*body)(int, char**), int argc, char** argv);
 std::string join_command(int argc, char** argv);
 
 // Minimal JSON object builder (values are rendered on insertion, keys keep insertion order).

@@ -159,23 +159,8 @@ PeerCopy peer_copy_GBps(const Communicator& comm, cudaStream_t s) {
 int run(int argc, char** argv) {
   Args a;
   if (!parse(argc, argv, a)) return 0;
-  if (!launched_by_env()) {
-    int ndev = 0;
-    if (cudaGetDeviceCount(&ndev) != cudaSuccess) ndev = 0;
-    const int n = a.nproc > 0 ? a.nproc : ndev;
-    if (n < 2) {
-      std::printf("all_reduce: skipped: needs 2 or more GPUs (%d visible)\n", ndev);
-      return 0;
-    }
-    char exe[4096] = {0};
-    const ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    if (len <= 0) return 2;
-    std::vector<std::string> cmd = {exe};
-    for (int i = 0; i < argc; ++i) cmd.push_back(argv[i]);
-    LaunchOptions lo;
-    lo.nproc = n;
-    return launch_local(cmd, lo);
-  }
+  int rc = 0;
+  if (relaunch_per_gpu("all_reduce", argc, argv, a.nproc, 0, &rc)) return rc;
 
   CommOptions opts;
   opts.two_shot_max_bytes = std::min<std::size_t>(std::max<std::size_t>(a.end, 1 << 20), std::size_t(64) << 20);
@@ -355,11 +340,6 @@ int run(int argc, char** argv) {
 }  // namespace tpcomm::bench
 
 static int run_all_reduce_suite(int argc, char** argv) {
-  try {
-    return tpcomm::bench::run(argc, argv);
-  } catch (const tpcomm::Error& e) {
-    std::fprintf(stderr, "all_reduce: %s\n", e.what());
-    return 1;
-  }
+  return tpcomm::bench::run_suite_guarded("all_reduce", tpcomm::bench::run, argc, argv);
 }
 TPCOMM_BENCH_SUITE("all_reduce", 10, "all-reduce sweep: tpcomm algorithms vs NCCL, eager and CUDA graph", run_all_reduce_suite);

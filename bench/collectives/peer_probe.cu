@@ -375,24 +375,8 @@ int run(int argc, char** argv) {
   Args a;
   int prc = 0;
   if (!parse(argc, argv, a, prc)) return prc;
-  if (!launched_by_env()) {
-    int ndev = 0;
-    if (cudaGetDeviceCount(&ndev) != cudaSuccess) ndev = 0;
-    const int n = a.nproc > 0 ? a.nproc : ndev;
-    if (n < 2 || ndev < 2) {
-      std::printf("peer_probe: skipped: needs 2 or more GPUs (%d visible)\n", ndev);
-      return 0;
-    }
-    char exe[4096] = {0};
-    const ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-    if (len <= 0) return 2;
-    std::vector<std::string> cmd = {exe};
-    for (int i = 0; i < argc; ++i) cmd.push_back(argv[i]);
-    LaunchOptions lo;
-    lo.nproc = n;
-    lo.timeout_s = 300;  // expected well under a minute; a hang must not eat the device time
-    return launch_local(cmd, lo);
-  }
+  int rc = 0;  // a hang must not eat the device time: the ranks are killed after 300 s (expected < 1 min)
+  if (relaunch_per_gpu("peer_probe", argc, argv, a.nproc, 300, &rc)) return rc;
 
   auto comm = Communicator::from_env();
   const int R = comm->rank(), W = comm->world_size();
@@ -594,12 +578,7 @@ int run(int argc, char** argv) {
 }  // namespace tpcomm::bench
 
 static int run_peer_probe_suite(int argc, char** argv) {
-  try {
-    return tpcomm::bench::run(argc, argv);
-  } catch (const tpcomm::Error& e) {
-    std::fprintf(stderr, "peer_probe: %s\n", e.what());
-    return 1;
-  }
+  return tpcomm::bench::run_suite_guarded("peer_probe", tpcomm::bench::run, argc, argv);
 }
 TPCOMM_BENCH_SUITE("peer_probe", 15, "NVLink transport probe: copy engine, SM stores/loads, fenced chunks, TMA bulk stores",
                    run_peer_probe_suite);

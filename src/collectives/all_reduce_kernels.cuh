@@ -151,6 +151,17 @@ __device__ __forceinline__ void finish_block(BlockState* bs, BlockState next) {
   if (threadIdx.x == 0) *bs = next;
 }
 
+// Start of every all-reduce kernel: wait for the predecessor grid (PDL), let the next one launch, and
+// return this thread's place in the fixed grid-stride mapping.
+struct GridPos {
+  std::size_t stride, tid;
+};
+__device__ __forceinline__ GridPos begin_launch() {
+  griddep_wait();
+  griddep_launch_dependents();
+  return {static_cast<std::size_t>(gridDim.x) * blockDim.x, static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x};
+}
+
 // Compile-time world size where it pays (W = 2 is the common TP=2 case); kW = 0 means "read p.world".
 template <int kW>
 struct World {
@@ -244,20 +255,35 @@ __device__ __noinline__ uint4 poll_vec(const AllReduceParams& p, const char* src
   return make_uint4(kEmptyWord, kEmptyWord, kEmptyWord, kEmptyWord);
 }
 
+// The three-buffer ring of a barrier-free kernel, from its BlockState counters: this launch's buffer, the
+// previous launch's (to clear) and how many vectors per slot that launch wrote.
+struct LlRing {
+  int idx, prev;
+  std::size_t prev_nvec;
+};
+__device__ __forceinline__ LlRing ll_ring(uint32_t seq, const uint32_t (&used)[3]) {
+  const int idx = static_cast<int>(seq % 3);
+  const int prev = (idx + 2) % 3;
+  return {idx, prev, used[prev]};
+}
+__device__ __forceinline__ void ll_ring_advance(uint32_t& seq, uint32_t (&used)[3], const LlRing& r, std::size_t nvec) {
+  used[r.prev] = 0;  // cleared by this launch
+  used[r.idx] = static_cast<uint32_t>(nvec);
+  seq += 1;
+}
+
 template <typename T, ReduceOp OP, int kW>
 __global__ void __launch_bounds__(512) all_reduce_one_shot_ll_pipelined(const __grid_constant__ AllReduceParams p) {
-  griddep_wait();
-  griddep_launch_dependents();
+  const GridPos gp = begin_launch();
+  const std::size_t stride = gp.stride, tid = gp.tid;
   using Wd = World<kW>;
   constexpr int U = Wd::kUnroll;
   const int W = Wd::size(p);
   BlockState* bs = &p.state->blocks[blockIdx.x];
   BlockState st = *bs;
-  const int idx = static_cast<int>(st.llp_seq % 3);
-  const int prev = (idx + 2) % 3;
-  const std::size_t prev_nvec = st.llp_used[prev];
-  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
-  const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const LlRing ring = ll_ring(st.llp_seq, st.llp_used);
+  const int idx = ring.idx, prev = ring.prev;
+  const std::size_t prev_nvec = ring.prev_nvec;
   const std::size_t buf_bytes = static_cast<std::size_t>(W) * p.cap;
   const T* in = static_cast<const T*>(p.input);
   const char* mine = p.peer_ws[p.rank] + p.off + idx * buf_bytes;    // peers' vectors arrive here
@@ -340,25 +366,21 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot_ll_pipelined(const __
     for (int u = 0; u < U; ++u) cur[u] = nxt[u];
   }
   for (std::size_t r = rounds; r < clear_rounds; ++r) clear(r);
-  st.llp_used[prev] = 0;  // cleared above
-  st.llp_used[idx] = static_cast<uint32_t>(p.nvec);
-  st.llp_seq += 1;
+  ll_ring_advance(st.llp_seq, st.llp_used, ring, p.nvec);
   finish_block(bs, st);
 }
 
 template <typename T, ReduceOp OP, int kW>
 __global__ void __launch_bounds__(512) all_reduce_one_shot_ll(const __grid_constant__ AllReduceParams p) {
-  griddep_wait();
-  griddep_launch_dependents();
+  const GridPos gp = begin_launch();
+  const std::size_t stride = gp.stride, tid = gp.tid;
   using Wd = World<kW>;
   const int W = Wd::size(p);
   BlockState* bs = &p.state->blocks[blockIdx.x];
   BlockState st = *bs;
-  const int idx = static_cast<int>(st.ll_seq % 3);
-  const int prev = (idx + 2) % 3;
-  const std::size_t prev_nvec = st.ll_used[prev];
-  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
-  const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const LlRing ring = ll_ring(st.ll_seq, st.ll_used);
+  const int idx = ring.idx, prev = ring.prev;
+  const std::size_t prev_nvec = ring.prev_nvec;
   const std::size_t buf_bytes = static_cast<std::size_t>(W) * p.cap;
   const T* in = static_cast<const T*>(p.input);
 
@@ -399,9 +421,7 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot_ll(const __grid_const
     const std::size_t slot = i / prev_nvec, v = i % prev_nvec;
     st_v4(prev_buf + slot * p.cap + v * 16, empty);
   }
-  st.ll_used[prev] = 0;  // cleared above
-  st.ll_used[idx] = static_cast<uint32_t>(p.nvec);
-  st.ll_seq += 1;
+  ll_ring_advance(st.ll_seq, st.ll_used, ring, p.nvec);
   finish_block(bs, st);
 }
 
@@ -413,15 +433,13 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot_ll(const __grid_const
 // all peers have read it.
 template <typename T, ReduceOp OP, int kW>
 __global__ void __launch_bounds__(512) all_reduce_one_shot(const __grid_constant__ AllReduceParams p) {
-  griddep_wait();
-  griddep_launch_dependents();
+  const GridPos gp = begin_launch();
+  const std::size_t stride = gp.stride, tid = gp.tid;
   using Wd = World<kW>;
   constexpr int U = Wd::kUnroll;
   const int W = Wd::size(p);
   BlockState* bs = &p.state->blocks[blockIdx.x];
   BlockState st = *bs;
-  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
-  const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const std::size_t half = p.off + (st.seq & 1u) * static_cast<std::size_t>(W) * p.cap;
   const T* in = static_cast<const T*>(p.input);
   const bool zero_copy = p.reg != nullptr;
@@ -511,15 +529,13 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot(const __grid_constant
 // Stores to peers are posted writes (NVLink), which move data faster than remote reads.
 template <typename T, ReduceOp OP, int kW>
 __global__ void __launch_bounds__(512) all_reduce_two_shot(const __grid_constant__ AllReduceParams p) {
-  griddep_wait();
-  griddep_launch_dependents();
+  const GridPos gp = begin_launch();
+  const std::size_t stride = gp.stride, tid = gp.tid;
   using Wd = World<kW>;
   constexpr int U = Wd::kUnroll;
   const int W = Wd::size(p);
   BlockState* bs = &p.state->blocks[blockIdx.x];
   BlockState st = *bs;
-  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
-  const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const std::size_t chunk = (p.nvec + W - 1) / W;
   const std::size_t region = p.off + (st.seq & 1u) * 2 * static_cast<std::size_t>(W) * p.cap;
   const T* in = static_cast<const T*>(p.input);
@@ -646,13 +662,11 @@ __global__ void __launch_bounds__(64) all_reduce_ce_ready(const __grid_constant_
 
 template <typename T, ReduceOp OP, int kW>
 __global__ void __launch_bounds__(512) all_reduce_ce_reduce(const __grid_constant__ CeParams p) {
-  griddep_wait();
-  griddep_launch_dependents();
+  const GridPos gp = begin_launch();
+  const std::size_t stride = gp.stride, tid = gp.tid;
   using Wd = World<kW>;
   constexpr int U = Wd::kUnroll;
   const int W = Wd::size(p);
-  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
-  const std::size_t tid = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const T* in = static_cast<const T*>(p.input);
   for (int k = 0; k < p.nchunks; ++k) {
     bool ok = true;
