@@ -146,7 +146,8 @@ struct Acc {
 // Each block owns its replica of the counters (see ArState): read at the start, written by thread 0 at
 // the end. No atomics, no fences: the next launch on the stream starts after this one completes (PDL's
 // griddepcontrol.wait included).
-__device__ __forceinline__ void finish_block(BlockState* bs, BlockState next) {
+template <typename State>  // BlockState, LlpState
+__device__ __forceinline__ void finish_block(State* bs, State next) {
   __syncthreads();
   if (threadIdx.x == 0) *bs = next;
 }
@@ -279,9 +280,9 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot_ll_pipelined(const __
   using Wd = World<kW>;
   constexpr int U = Wd::kUnroll;
   const int W = Wd::size(p);
-  BlockState* bs = &p.state->blocks[blockIdx.x];
-  BlockState st = *bs;
-  const LlRing ring = ll_ring(st.llp_seq, st.llp_used);
+  LlpState* ls = &p.state->llp[blockIdx.x];
+  LlpState st = *ls;
+  const LlRing ring = ll_ring(st.seq, st.used);
   const int idx = ring.idx, prev = ring.prev;
   const std::size_t prev_nvec = ring.prev_nvec;
   const std::size_t buf_bytes = static_cast<std::size_t>(W) * p.cap;
@@ -366,8 +367,8 @@ __global__ void __launch_bounds__(512) all_reduce_one_shot_ll_pipelined(const __
     for (int u = 0; u < U; ++u) cur[u] = nxt[u];
   }
   for (std::size_t r = rounds; r < clear_rounds; ++r) clear(r);
-  ll_ring_advance(st.llp_seq, st.llp_used, ring, p.nvec);
-  finish_block(bs, st);
+  ll_ring_advance(st.seq, st.used, ring, p.nvec);
+  finish_block(ls, st);
 }
 
 template <typename T, ReduceOp OP, int kW>
