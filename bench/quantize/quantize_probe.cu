@@ -56,6 +56,34 @@ __global__ void probe_cast21(const uint4* __restrict__ in, uint2* __restrict__ o
   }
 }
 
+// Dequantization-shaped traffic: each 16-byte output vector comes from kIn (8 or 4) input bytes (fp8 -> bf16
+// reads 1 byte per 2 written, e2m1 -> bf16 1 per 4), 4 vectors per thread with all loads first (the shape of
+// the dequant kernels). Shows the machine's rate for write-heavy mixes, which the 1 GiB copy does not.
+template <int kIn>
+__global__ void probe_expand(const uint8_t* __restrict__ in, uint4* __restrict__ out, size_t n) {
+  const size_t base = blockIdx.x * size_t(blockDim.x) * 4 + threadIdx.x;
+  uint32_t w[4][kIn / 4];
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const size_t i = base + u * blockDim.x;
+    if (i >= n) continue;
+    if constexpr (kIn == 8) {
+      const uint2 v = reinterpret_cast<const uint2*>(in)[i];
+      w[u][0] = v.x;
+      w[u][1] = v.y;
+    } else {
+      w[u][0] = reinterpret_cast<const uint32_t*>(in)[i];
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const size_t i = base + u * blockDim.x;
+    if (i >= n) continue;
+    const uint32_t a = w[u][0], b = kIn == 8 ? w[u][kIn / 4 - 1] : ~w[u][0];
+    out[i] = make_uint4(a, b, a ^ b, a + b);
+  }
+}
+
 __global__ void probe_write16(uint4* __restrict__ out, size_t n) {
   const size_t stride = size_t(gridDim.x) * blockDim.x;
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += stride) out[i] = make_uint4(i, 1, 2, 3);
@@ -134,6 +162,10 @@ std::vector<ProbeResult> run_memory_probe(uint8_t* a, uint8_t* b, size_t bytes, 
        [&] { probe_cast21<0><<<grid, kProbeThreads, 0, st>>>(in16, reinterpret_cast<uint2*>(b), n16); }},
       {"sm_cast21_cs", 1.5 * bytes,
        [&] { probe_cast21<1><<<grid, kProbeThreads, 0, st>>>(in16, reinterpret_cast<uint2*>(b), n16); }},
+      {"sm_expand12", 1.5 * bytes,
+       [&] { probe_expand<8><<<static_cast<unsigned>((n16 + 4 * kProbeThreads - 1) / (4 * kProbeThreads)), kProbeThreads, 0, st>>>(a, out16, n16); }},
+      {"sm_expand14", 1.25 * bytes,
+       [&] { probe_expand<4><<<static_cast<unsigned>((n16 + 4 * kProbeThreads - 1) / (4 * kProbeThreads)), kProbeThreads, 0, st>>>(a, out16, n16); }},
       {"sm_write16", 1.0 * bytes, [&] { probe_write16<<<grid, kProbeThreads, 0, st>>>(out16, n16); }},
       {"sm_read16", 1.0 * bytes, [&] { probe_read16<<<grid, kProbeThreads, 0, st>>>(in16, n16, sink); }},
       {"cudaMemcpyAsync_d2d", 2.0 * bytes,
