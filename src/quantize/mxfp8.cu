@@ -29,7 +29,17 @@ void launch_one(const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream)
 template <int kFmt, bool kRceil>
 void launch_outputs(bool row, bool col, const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream) {
   if (row && col) launch_one<kFmt, kRceil, true, true>(kp, tiles, stream);
-  else if (row) launch_one<kFmt, kRceil, true, false>(kp, tiles, stream);
+  else if (row && !kp.swizzled) {
+    // Rowwise with linear scales: the elementwise kernel (the flat block sequence needs no padding).
+    Mxfp8RowwiseParams rp;
+    rp.in = reinterpret_cast<const uint4*>(kp.in);
+    rp.nvec = kp.experts * kp.rows * kp.cols / 8;
+    rp.data = reinterpret_cast<uint2*>(kp.row_data);
+    rp.scales = kp.row_scales;
+    const int64_t per_block = static_cast<int64_t>(kRowwiseThreads / 32) * kRowwiseVecsPerWarp;
+    mxfp8_rowwise_kernel<kFmt, kRceil>
+        <<<static_cast<unsigned>((rp.nvec + per_block - 1) / per_block), kRowwiseThreads, 0, stream>>>(rp);
+  } else if (row) launch_one<kFmt, kRceil, true, false>(kp, tiles, stream);
   else launch_one<kFmt, kRceil, false, true>(kp, tiles, stream);
 }
 
@@ -68,6 +78,7 @@ void mxfp8_quantize(const Mxfp8QuantizeParams& p, cudaStream_t stream) {
   kp.swizzled = p.scale_layout == ScaleLayout::kSwizzled128x4;
   const int64_t tiles = p.experts * kp.tiles_per_expert * kp.col_tiles;
   kp.tiles = tiles;
+  kp.experts = p.experts;
   dispatch(p.format, p.rounding, row, col, kp, tiles, stream);
   TPCOMM_CUDA_CHECK(cudaGetLastError());
 }
