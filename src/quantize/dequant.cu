@@ -54,8 +54,26 @@ void mxfp8_dequantize(const Mxfp8DequantizeParams& p, cudaStream_t stream) {
   kp.colwise = p.axis == Mxfp8Axis::kColwise;
   kp.swizzled = p.scale_layout == ScaleLayout::kSwizzled128x4;
   kp.out = p.output;
-  const unsigned g = blocks_for(kp.nchunks);
   const bool f32 = p.output_dtype == DType::kFloat32;
+  if (!kp.colwise && !kp.swizzled) {  // flat block sequence: the coalesced warp-window kernel
+    Mxfp8RowwiseDequantParams rp;
+    rp.in = static_cast<const uint2*>(p.data);
+    rp.scales = p.scales;
+    rp.nvec = p.experts * p.rows * p.cols / 8;
+    rp.out = p.output;
+    const int64_t per_block = static_cast<int64_t>(kDequantThreads / 32) * kRowwiseDequantVecsPerWarp;
+    const unsigned rg = static_cast<unsigned>((rp.nvec + per_block - 1) / per_block);
+    if (p.format == Fp8Format::kE4M3) {
+      if (f32) mxfp8_rowwise_dequant_kernel<0, true><<<rg, kDequantThreads, 0, stream>>>(rp);
+      else mxfp8_rowwise_dequant_kernel<0, false><<<rg, kDequantThreads, 0, stream>>>(rp);
+    } else {
+      if (f32) mxfp8_rowwise_dequant_kernel<1, true><<<rg, kDequantThreads, 0, stream>>>(rp);
+      else mxfp8_rowwise_dequant_kernel<1, false><<<rg, kDequantThreads, 0, stream>>>(rp);
+    }
+    TPCOMM_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  const unsigned g = blocks_for(kp.nchunks);
   if (p.format == Fp8Format::kE4M3) {
     if (f32) mxfp8_dequant_kernel<0, true><<<g, kDequantThreads, 0, stream>>>(kp);
     else mxfp8_dequant_kernel<0, false><<<g, kDequantThreads, 0, stream>>>(kp);

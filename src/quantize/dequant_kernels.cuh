@@ -158,6 +158,46 @@ __global__ void __launch_bounds__(kDequantThreads)
   }
 }
 
+// Rowwise, linear scales: the flat sequence of 1x32 blocks (K % 32 == 0), one block = 4 vectors of 8 elements, scale
+// byte = flat block index. A warp owns 128 consecutive vectors and lane l handles vector u*32+l, so loads (data and
+// the 4-lanes-shared scale byte) and stores are fully coalesced (the mxfp8_rowwise_kernel pattern).
+struct Mxfp8RowwiseDequantParams {
+  const uint2* in;       // nvec vectors of 8 fp8 bytes
+  const uint8_t* scales;
+  int64_t nvec;
+  void* out;
+};
+constexpr int kRowwiseDequantVecsPerWarp = 128;
+
+template <int kFmt, bool kF32>
+__global__ void __launch_bounds__(kDequantThreads)
+    mxfp8_rowwise_dequant_kernel(const __grid_constant__ Mxfp8RowwiseDequantParams p) {
+  constexpr int U = kRowwiseDequantVecsPerWarp / 32;
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const int64_t w0 =
+      (static_cast<int64_t>(blockIdx.x) * (kDequantThreads / 32) + threadIdx.x / 32) * kRowwiseDequantVecsPerWarp;
+  uint2 q[U];
+  uint32_t c[U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t v = w0 + u * 32 + lane;
+    q[u] = v < p.nvec ? p.in[v] : make_uint2(0u, 0u);
+    c[u] = v < p.nvec ? p.scales[v >> 2] : 0u;
+  }
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int64_t v = w0 + u * 32 + lane;
+    if (v >= p.nvec) break;
+    const float s = e8m0_decode(c[u]);
+    float f[8];
+    fp8x4_to_float<kFmt>(q[u].x, f);
+    fp8x4_to_float<kFmt>(q[u].y, f + 4);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) f[j] = __fmul_rn(f[j], s);
+    store_out<kF32>(p.out, v * 8, f, 8);
+  }
+}
+
 // ---- NVFP4 -------------------------------------------------------------------------------------------------------
 struct Nvfp4DequantKernelParams {
   const uint8_t* in;
