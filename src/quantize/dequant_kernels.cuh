@@ -200,45 +200,54 @@ __global__ void __launch_bounds__(kDequantThreads)
 
 // ---- NVFP4 -------------------------------------------------------------------------------------------------------
 struct Nvfp4DequantKernelParams {
-  const uint8_t* in;
+  const uint32_t* in;  // nvec vectors of 8 e2m1 nibbles
   const uint8_t* scales;
   const float* global_scale_inv;
-  int64_t rows;
   int64_t cols;
-  int64_t nchunks;  // rows * cols / 16
+  int64_t nvec;        // rows * cols / 8
   bool swizzled;
   void* out;
 };
 
+// Warp-window pattern (see mxfp8_rowwise_dequant_kernel): lane l of a warp handles vector u*32+l of the warp's 128
+// consecutive vectors; a 1x16 block is 2 vectors, its linear scale index the flat block index.
 template <bool kF32>
 __global__ void __launch_bounds__(kDequantThreads)
     nvfp4_dequant_kernel(const __grid_constant__ Nvfp4DequantKernelParams p) {
-  const int64_t base = static_cast<int64_t>(blockIdx.x) * (kDequantThreads * kDequantChunks) + threadIdx.x;
-  uint2 qs[kDequantChunks];
+  constexpr int U = kRowwiseDequantVecsPerWarp / 32;
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  const int64_t w0 =
+      (static_cast<int64_t>(blockIdx.x) * (kDequantThreads / 32) + threadIdx.x / 32) * kRowwiseDequantVecsPerWarp;
+  const int64_t gk = p.cols / 16;
+  uint32_t q[U], c[U];
 #pragma unroll
-  for (int u = 0; u < kDequantChunks; ++u) {
-    const int64_t i = base + u * kDequantThreads;
-    qs[u] = i < p.nchunks ? *reinterpret_cast<const uint2*>(p.in + i * 8) : make_uint2(0u, 0u);
+  for (int u = 0; u < U; ++u) {
+    const int64_t v = w0 + u * 32 + lane;
+    q[u] = 0u;
+    c[u] = 0u;
+    if (v < p.nvec) {
+      q[u] = p.in[v];
+      const int64_t blk = v >> 1;
+      int64_t sidx = blk;
+      if (p.swizzled) {
+        const int64_t n = fast_div(blk, gk);
+        sidx = swz_offset(n, blk - n * gk, (gk + 3) / 4);
+      }
+      c[u] = p.scales[sidx];
+    }
   }
   const float sg = *p.global_scale_inv;
 #pragma unroll
-  for (int u = 0; u < kDequantChunks; ++u) {
-    const int64_t i = base + u * kDequantThreads;
-    if (i >= p.nchunks) break;
-    const uint2 q = qs[u];
-    const int64_t e0 = i * 16;
-    const int64_t gk = p.cols / 16;
-    const int64_t n = fast_div(i, gk), kg = i - n * gk;
-    const int64_t sidx = p.swizzled ? swz_offset(n, kg, (gk + 3) / 4) : i;
-    const float sb = fp8_to_float<0>(p.scales[sidx]);
-    float v[16];
-    fp8x4_to_float<0>(e2m1x4_to_e4m3x4(q.x & 0xffffu), v);
-    fp8x4_to_float<0>(e2m1x4_to_e4m3x4(q.x >> 16), v + 4);
-    fp8x4_to_float<0>(e2m1x4_to_e4m3x4(q.y & 0xffffu), v + 8);
-    fp8x4_to_float<0>(e2m1x4_to_e4m3x4(q.y >> 16), v + 12);
+  for (int u = 0; u < U; ++u) {
+    const int64_t v = w0 + u * 32 + lane;
+    if (v >= p.nvec) break;
+    const float sb = fp8_to_float<0>(c[u]);
+    float f[8];
+    fp8x4_to_float<0>(e2m1x4_to_e4m3x4(q[u] & 0xffffu), f);
+    fp8x4_to_float<0>(e2m1x4_to_e4m3x4(q[u] >> 16), f + 4);
 #pragma unroll
-    for (int j = 0; j < 16; ++j) v[j] = __fmul_rn(__fmul_rn(v[j], sb), sg);
-    store_out<kF32>(p.out, e0, v, 16);
+    for (int j = 0; j < 8; ++j) f[j] = __fmul_rn(__fmul_rn(f[j], sb), sg);
+    store_out<kF32>(p.out, v * 8, f, 8);
   }
 }
 
