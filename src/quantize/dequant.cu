@@ -61,14 +61,13 @@ void mxfp8_dequantize(const Mxfp8DequantizeParams& p, cudaStream_t stream) {
     rp.scales = p.scales;
     rp.nvec = p.experts * p.rows * p.cols / 8;
     rp.out = p.output;
-    const int64_t per_block = static_cast<int64_t>(kDequantThreads / 32) * kRowwiseDequantVecsPerWarp;
-    const unsigned rg = static_cast<unsigned>((rp.nvec + per_block - 1) / per_block);
+    const unsigned rg = window_grid(rp.nvec);
     if (p.format == Fp8Format::kE4M3) {
-      if (f32) mxfp8_rowwise_dequant_kernel<0, true><<<rg, kDequantThreads, 0, stream>>>(rp);
-      else mxfp8_rowwise_dequant_kernel<0, false><<<rg, kDequantThreads, 0, stream>>>(rp);
+      if (f32) mxfp8_rowwise_dequant_kernel<0, true><<<rg, kWindowThreads, 0, stream>>>(rp);
+      else mxfp8_rowwise_dequant_kernel<0, false><<<rg, kWindowThreads, 0, stream>>>(rp);
     } else {
-      if (f32) mxfp8_rowwise_dequant_kernel<1, true><<<rg, kDequantThreads, 0, stream>>>(rp);
-      else mxfp8_rowwise_dequant_kernel<1, false><<<rg, kDequantThreads, 0, stream>>>(rp);
+      if (f32) mxfp8_rowwise_dequant_kernel<1, true><<<rg, kWindowThreads, 0, stream>>>(rp);
+      else mxfp8_rowwise_dequant_kernel<1, false><<<rg, kWindowThreads, 0, stream>>>(rp);
     }
     TPCOMM_CUDA_CHECK(cudaGetLastError());
     return;
@@ -95,10 +94,9 @@ void nvfp4_dequantize(const Nvfp4DequantizeParams& p, cudaStream_t stream) {
   kp.nvec = p.rows * p.cols / 8;
   kp.swizzled = p.scale_layout == ScaleLayout::kSwizzled128x4;
   kp.out = p.output;
-  const int64_t per_block = static_cast<int64_t>(kDequantThreads / 32) * kRowwiseDequantVecsPerWarp;
-  const unsigned g = static_cast<unsigned>((kp.nvec + per_block - 1) / per_block);
-  if (p.output_dtype == DType::kFloat32) nvfp4_dequant_kernel<true><<<g, kDequantThreads, 0, stream>>>(kp);
-  else nvfp4_dequant_kernel<false><<<g, kDequantThreads, 0, stream>>>(kp);
+  const unsigned g = window_grid(kp.nvec);
+  if (p.output_dtype == DType::kFloat32) nvfp4_dequant_kernel<true><<<g, kWindowThreads, 0, stream>>>(kp);
+  else nvfp4_dequant_kernel<false><<<g, kWindowThreads, 0, stream>>>(kp);
   TPCOMM_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -159,34 +159,30 @@ __global__ void __launch_bounds__(kDequantThreads)
 }
 
 // Rowwise, linear scales: the flat sequence of 1x32 blocks (K % 32 == 0), one block = 4 vectors of 8 elements, scale
-// byte = flat block index. A warp owns 128 consecutive vectors and lane l handles vector u*32+l, so loads (data and
-// the 4-lanes-shared scale byte) and stores are fully coalesced (the mxfp8_rowwise_kernel pattern).
+// byte = flat block index. Warp-window pattern (quant_common.cuh): loads (data and the 4-lanes-shared scale byte)
+// and stores are fully coalesced.
 struct Mxfp8RowwiseDequantParams {
   const uint2* in;       // nvec vectors of 8 fp8 bytes
   const uint8_t* scales;
   int64_t nvec;
   void* out;
 };
-constexpr int kRowwiseDequantVecsPerWarp = 128;
 
 template <int kFmt, bool kF32>
-__global__ void __launch_bounds__(kDequantThreads)
+__global__ void __launch_bounds__(kWindowThreads)
     mxfp8_rowwise_dequant_kernel(const __grid_constant__ Mxfp8RowwiseDequantParams p) {
-  constexpr int U = kRowwiseDequantVecsPerWarp / 32;
-  const int lane = static_cast<int>(threadIdx.x & 31);
-  const int64_t w0 =
-      (static_cast<int64_t>(blockIdx.x) * (kDequantThreads / 32) + threadIdx.x / 32) * kRowwiseDequantVecsPerWarp;
-  uint2 q[U];
-  uint32_t c[U];
+  const WarpWindow ww = warp_window();
+  uint2 q[kWindowU];
+  uint32_t c[kWindowU];
 #pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int64_t v = w0 + u * 32 + lane;
+  for (int u = 0; u < kWindowU; ++u) {
+    const int64_t v = ww.vec(u);
     q[u] = v < p.nvec ? p.in[v] : make_uint2(0u, 0u);
     c[u] = v < p.nvec ? p.scales[v >> 2] : 0u;
   }
 #pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int64_t v = w0 + u * 32 + lane;
+  for (int u = 0; u < kWindowU; ++u) {
+    const int64_t v = ww.vec(u);
     if (v >= p.nvec) break;
     const float s = e8m0_decode(c[u]);
     float f[8];
@@ -209,20 +205,16 @@ struct Nvfp4DequantKernelParams {
   void* out;
 };
 
-// Warp-window pattern (see mxfp8_rowwise_dequant_kernel): lane l of a warp handles vector u*32+l of the warp's 128
-// consecutive vectors; a 1x16 block is 2 vectors, its linear scale index the flat block index.
+// Warp-window pattern (quant_common.cuh); a 1x16 block is 2 vectors, its linear scale index the flat block index.
 template <bool kF32>
-__global__ void __launch_bounds__(kDequantThreads)
+__global__ void __launch_bounds__(kWindowThreads)
     nvfp4_dequant_kernel(const __grid_constant__ Nvfp4DequantKernelParams p) {
-  constexpr int U = kRowwiseDequantVecsPerWarp / 32;
-  const int lane = static_cast<int>(threadIdx.x & 31);
-  const int64_t w0 =
-      (static_cast<int64_t>(blockIdx.x) * (kDequantThreads / 32) + threadIdx.x / 32) * kRowwiseDequantVecsPerWarp;
+  const WarpWindow ww = warp_window();
   const int64_t gk = p.cols / 16;
-  uint32_t q[U], c[U];
+  uint32_t q[kWindowU], c[kWindowU];
 #pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int64_t v = w0 + u * 32 + lane;
+  for (int u = 0; u < kWindowU; ++u) {
+    const int64_t v = ww.vec(u);
     q[u] = 0u;
     c[u] = 0u;
     if (v < p.nvec) {
@@ -238,8 +230,8 @@ __global__ void __launch_bounds__(kDequantThreads)
   }
   const float sg = *p.global_scale_inv;
 #pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int64_t v = w0 + u * 32 + lane;
+  for (int u = 0; u < kWindowU; ++u) {
+    const int64_t v = ww.vec(u);
     if (v >= p.nvec) break;
     const float sb = fp8_to_float<0>(c[u]);
     float f[8];

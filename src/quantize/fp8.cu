@@ -101,7 +101,7 @@ void fp8_quantize(const Fp8QuantizeParams& p, cudaStream_t stream) {
         amax = p.amax_out;
       }
       Fp8TensorParams kp{reinterpret_cast<const uint4*>(in), p.rows * p.cols / 8, reinterpret_cast<uint2*>(out), amax,
-                         p.scale_inv, fmax, p.pow2_scales};
+                         p.scale_inv, fmax, p.pow2_scales, p.amax_in == nullptr};
       dispatch_fmt<TensorCast>(p.format, kp, stream);
       break;
     }

@@ -39,6 +39,9 @@ __device__ __forceinline__ uint32_t block_max(uint32_t v) {
 
 // out_bits (zeroed beforehand) receives atomicMax of the fp32 bit pattern of |x| (non-negative floats order like
 // their bit patterns; NaN patterns exceed Inf).
+// Loads are plain (L2 evict-normal), not streaming: the cast pass that follows reads the same input from its end
+// (reverse order), which is what this grid-stride pass read last, so up to an L2's worth of it is re-read from
+// L2 instead of HBM.
 __global__ void __launch_bounds__(kAmaxThreads) amax_kernel(const uint4* __restrict__ in, int64_t nchunks,
                                                             uint32_t* __restrict__ out_bits) {
   uint32_t a = 0;
@@ -47,11 +50,11 @@ __global__ void __launch_bounds__(kAmaxThreads) amax_kernel(const uint4* __restr
   for (; i + (kAmaxUnroll - 1) * stride < nchunks; i += kAmaxUnroll * stride) {
     uint4 v[kAmaxUnroll];
 #pragma unroll
-    for (int u = 0; u < kAmaxUnroll; ++u) v[u] = ld_stream(in + i + u * stride);
+    for (int u = 0; u < kAmaxUnroll; ++u) v[u] = __ldg(in + i + u * stride);
 #pragma unroll
     for (int u = 0; u < kAmaxUnroll; ++u) a = max_u16x2(a, absmax8_packed(v[u]));
   }
-  for (; i < nchunks; i += stride) a = max_u16x2(a, absmax8_packed(ld_stream(in + i)));
+  for (; i < nchunks; i += stride) a = max_u16x2(a, absmax8_packed(__ldg(in + i)));
   const uint32_t m = block_max(fold16(a));
   if (threadIdx.x == 0 && m != 0u) atomicMax(out_bits, m << 16);
 }
@@ -68,12 +71,14 @@ struct Fp8TensorParams {
   float* scale_inv;      // device scalar
   double fp8_max;
   bool pow2;
+  bool reverse;  // the amax pass just read the input: blocks start from its end (see amax_kernel)
 };
 
 template <int kFmt>
 __global__ void __launch_bounds__(kCastThreads) fp8_tensor_cast_kernel(const __grid_constant__ Fp8TensorParams p) {
   // Data loads first, so their latency overlaps the scalar amax load and the scale computation.
-  const int64_t base = static_cast<int64_t>(blockIdx.x) * (kCastThreads * kCastChunksPerThread) + threadIdx.x;
+  const int64_t b = p.reverse ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  const int64_t base = b * (kCastThreads * kCastChunksPerThread) + threadIdx.x;
   uint4 v[kCastChunksPerThread];
 #pragma unroll
   for (int u = 0; u < kCastChunksPerThread; ++u) {
@@ -147,7 +152,9 @@ __global__ void __launch_bounds__(1024) fp8_rowwise_kernel(const __grid_constant
 
 // ---- colwise: column amax, then cast with one scale per column ------------------------------------------------
 // Block: 8 warps; a warp covers 256 columns (lane = 8 columns), the warps of a block interleave rows; the block
-// covers rows [blockIdx.y * rows_per_block, +rows_per_block).
+// covers rows [blockIdx.y * rows_per_block, +rows_per_block). Every block of the grid is resident at once and
+// walks its slice top-down in the amax pass (plain loads, L2 evict-normal); the cast pass walks each slice
+// bottom-up, so it starts on the rows the amax pass read last, the ones most likely still in L2.
 constexpr int kColThreads = 256;
 
 struct Fp8ColParams {
@@ -174,7 +181,7 @@ __global__ void __launch_bounds__(kColThreads) fp8_colamax_kernel(const __grid_c
     for (; r + 24 < r_end; r += 32) {
       uint4 v[4];
 #pragma unroll
-      for (int u = 0; u < 4; ++u) v[u] = ld_stream(p.in + (r + 8 * u) * p.cols + col);
+      for (int u = 0; u < 4; ++u) v[u] = __ldg(reinterpret_cast<const uint4*>(p.in + (r + 8 * u) * p.cols + col));
 #pragma unroll
       for (int u = 0; u < 4; ++u) {
         a[0] = max_u16x2(a[0], abs2(v[u].x));
@@ -184,7 +191,7 @@ __global__ void __launch_bounds__(kColThreads) fp8_colamax_kernel(const __grid_c
       }
     }
     for (; r < r_end; r += 8) {
-      const uint4 v = ld_stream(p.in + r * p.cols + col);
+      const uint4 v = __ldg(reinterpret_cast<const uint4*>(p.in + r * p.cols + col));
       a[0] = max_u16x2(a[0], abs2(v.x));
       a[1] = max_u16x2(a[1], abs2(v.y));
       a[2] = max_u16x2(a[2], abs2(v.z));
@@ -233,15 +240,20 @@ __global__ void __launch_bounds__(kColThreads) fp8_colcast_kernel(const __grid_c
           (cvt2_fp8<kFmt>(__fmul_rn(bf16_lo(v.w), qs[6]), __fmul_rn(bf16_hi(v.w), qs[7])) << 16);
     return o;
   };
-  int64_t r = r_begin + w;
-  for (; r + 24 < r_end; r += 32) {
+  // Bottom-up: loop index i covers [r_begin, r_end) as in the amax pass, row = mirror(i).
+  const int64_t mirror = r_begin + r_end - 1;
+  int64_t i = r_begin + w;
+  for (; i + 24 < r_end; i += 32) {
     uint4 v[4];
 #pragma unroll
-    for (int u = 0; u < 4; ++u) v[u] = ld_stream(p.in + (r + 8 * u) * p.cols + col);
+    for (int u = 0; u < 4; ++u) v[u] = ld_stream(p.in + (mirror - i - 8 * u) * p.cols + col);
 #pragma unroll
-    for (int u = 0; u < 4; ++u) *reinterpret_cast<uint2*>(p.out + (r + 8 * u) * p.cols + col) = cast(v[u]);
+    for (int u = 0; u < 4; ++u) *reinterpret_cast<uint2*>(p.out + (mirror - i - 8 * u) * p.cols + col) = cast(v[u]);
   }
-  for (; r < r_end; r += 8) *reinterpret_cast<uint2*>(p.out + r * p.cols + col) = cast(ld_stream(p.in + r * p.cols + col));
+  for (; i < r_end; i += 8) {
+    const int64_t r = mirror - i;
+    *reinterpret_cast<uint2*>(p.out + r * p.cols + col) = cast(ld_stream(p.in + r * p.cols + col));
+  }
 }
 
 // ---- 1x128 and 128x128 blocks on the 128 x 128 tile ---------------------------------------------------------------

@@ -36,9 +36,7 @@ void launch_outputs(bool row, bool col, const Mxfp8KernelParams& kp, int64_t til
     rp.nvec = kp.experts * kp.rows * kp.cols / 8;
     rp.data = reinterpret_cast<uint2*>(kp.row_data);
     rp.scales = kp.row_scales;
-    const int64_t per_block = static_cast<int64_t>(kRowwiseThreads / 32) * kRowwiseVecsPerWarp;
-    mxfp8_rowwise_kernel<kFmt, kRceil>
-        <<<static_cast<unsigned>((rp.nvec + per_block - 1) / per_block), kRowwiseThreads, 0, stream>>>(rp);
+    mxfp8_rowwise_kernel<kFmt, kRceil><<<window_grid(rp.nvec), kWindowThreads, 0, stream>>>(rp);
   } else if (row) launch_one<kFmt, kRceil, true, false>(kp, tiles, stream);
   else launch_one<kFmt, kRceil, false, true>(kp, tiles, stream);
 }

@@ -214,14 +214,10 @@ __global__ void __launch_bounds__(kTileThreads, 2)
 
 // ---- Rowwise only, linear scales: elementwise kernel ---------------------------------------------------------------
 // With K % 32 == 0 the (E*N, K) row-major input is a flat sequence of 1x32 blocks, block b = 4 consecutive 16-byte
-// vectors, and its linear scale byte is row_scales[b]. A warp owns a window of 128 vectors; load u of lane l is
-// vector u*32 + l of the window, so every load and store instruction is fully coalesced, and the 4 lanes of a
+// vectors, and its linear scale byte is row_scales[b]. Warp-window pattern (quant_common.cuh): the 4 lanes of a
 // block combine their amax with two shuffles. No tile, no shared memory, no __syncthreads: the shape of the
 // cast21 probe (96% of the copy rate). Measured on nvidia-h200-x2: 87.6-90.1% of the copy rate on the large
 // shapes vs 77.8-81.5% for the 128 x 128 tile kernel (bench/NOTES.md).
-constexpr int kRowwiseThreads = 256;
-constexpr int kRowwiseVecsPerWarp = 128;
-
 struct Mxfp8RowwiseParams {
   const uint4* in;     // nvec 16-byte vectors of bf16
   int64_t nvec;        // multiple of 4
@@ -230,20 +226,18 @@ struct Mxfp8RowwiseParams {
 };
 
 template <int kFmt, bool kRceil>
-__global__ void __launch_bounds__(kRowwiseThreads) mxfp8_rowwise_kernel(const __grid_constant__ Mxfp8RowwiseParams p) {
+__global__ void __launch_bounds__(kWindowThreads) mxfp8_rowwise_kernel(const __grid_constant__ Mxfp8RowwiseParams p) {
   constexpr int kEmax = kFmt == 0 ? 8 : 15;
-  constexpr int U = kRowwiseVecsPerWarp / 32;
-  const int lane = static_cast<int>(threadIdx.x & 31);
-  const int64_t w0 = (static_cast<int64_t>(blockIdx.x) * (kRowwiseThreads / 32) + threadIdx.x / 32) * kRowwiseVecsPerWarp;
-  uint4 x[U];
+  const WarpWindow ww = warp_window();
+  uint4 x[kWindowU];
 #pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int64_t v = w0 + u * 32 + lane;
+  for (int u = 0; u < kWindowU; ++u) {
+    const int64_t v = ww.vec(u);
     x[u] = v < p.nvec ? ld_stream(p.in + v) : make_uint4(0u, 0u, 0u, 0u);
   }
 #pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int64_t v = w0 + u * 32 + lane;
+  for (int u = 0; u < kWindowU; ++u) {
+    const int64_t v = ww.vec(u);
     // Groups of 4 lanes are entirely inside or outside the tensor (nvec % 4 == 0); all lanes shuffle.
     uint32_t a = fold16(absmax8_packed(x[u]));
     a = max(a, __shfl_xor_sync(kFullMask, a, 1));
@@ -251,7 +245,7 @@ __global__ void __launch_bounds__(kRowwiseThreads) mxfp8_rowwise_kernel(const __
     const uint32_t code = e8m0_code<kRceil>(a, kEmax);
     if (v < p.nvec) {
       p.data[v] = quant8_fp8<kFmt>(x[u], e8m0_quant_multiplier(code));
-      if ((lane & 3) == 0) p.scales[v >> 2] = static_cast<uint8_t>(code);
+      if ((ww.lane & 3) == 0) p.scales[v >> 2] = static_cast<uint8_t>(code);
     }
   }
 }

@@ -1,4 +1,5 @@
-// NVFP4 quantize launcher: optional global-amax pass, then one kernel over the 128x128 tiles.
+// NVFP4 quantize launcher: optional global-amax pass, then the warp-window kernel (1x16, linear scales) or the
+// 128x128 tile kernel (16x16 blocks, swizzled scales).
 #include <cstdint>
 
 #include "common/check.h"
@@ -16,6 +17,19 @@ void nvfp4_quantize(const Nvfp4QuantizeParams& p, cudaStream_t stream) {
   if (amax == nullptr) {
     compute_amax(p.input, p.input_dtype, p.rows * p.cols, p.global_amax_out, stream);
     amax = p.global_amax_out;
+  }
+  if (p.block == Nvfp4Block::k1x16 && p.scale_layout == ScaleLayout::kLinear) {
+    Nvfp4RowwiseParams rp{};
+    rp.in = static_cast<const uint4*>(p.input);
+    rp.nvec = p.rows * p.cols / 8;
+    rp.data = static_cast<uint32_t*>(p.output);
+    rp.scales = p.block_scales;
+    rp.global_amax = amax;
+    rp.global_scale_inv = p.global_scale_inv;
+    rp.reverse = p.global_amax_in == nullptr;
+    nvfp4_rowwise_kernel<<<window_grid(rp.nvec), kWindowThreads, 0, stream>>>(rp);
+    TPCOMM_CUDA_CHECK(cudaGetLastError());
+    return;
   }
   Nvfp4KernelParams kp{};
   kp.in = static_cast<const uint16_t*>(p.input);

@@ -109,3 +109,47 @@ __global__ void __launch_bounds__(kTileThreads, 5) nvfp4_quantize_kernel(const _
 }
 
 }  // namespace tpcomm::quant::detail
+
+namespace tpcomm::quant::detail {
+
+// ---- 1x16, linear scales: warp-window kernel ------------------------------------------------------------------------
+// With K % 16 == 0 the (rows, K) input is a flat sequence of 1x16 blocks of 2 consecutive 16-byte vectors, and the
+// linear scale of block b is scales[b]. Warp-window pattern (quant_common.cuh): a block is 2 adjacent lanes (one
+// shuffle), each lane stores its 8 nibbles as one 4-byte word (128 contiguous bytes per warp instruction).
+struct Nvfp4RowwiseParams {
+  const uint4* in;   // nvec 16-byte vectors of bf16
+  int64_t nvec;      // even
+  uint32_t* data;    // 8 nibbles per input vector
+  uint8_t* scales;   // one byte per 2 vectors
+  const float* global_amax;
+  float* global_scale_inv;  // may be null
+  bool reverse;      // the global amax pass just read the input: start from its end (warp_window)
+};
+
+__global__ void __launch_bounds__(kWindowThreads) nvfp4_rowwise_kernel(const __grid_constant__ Nvfp4RowwiseParams p) {
+  const WarpWindow ww = warp_window(p.reverse);
+  uint4 x[kWindowU];
+#pragma unroll
+  for (int u = 0; u < kWindowU; ++u) {
+    const int64_t v = ww.vec(u);
+    x[u] = v < p.nvec ? ld_stream(p.in + v) : make_uint4(0u, 0u, 0u, 0u);
+  }
+  const float s_enc = nvfp4_global_encode_scale(*p.global_amax);
+  const float s_dec = __frcp_rn(s_enc);  // IEEE 1/x
+  const float s_enc_over6 = __fmul_rn(s_enc, 1.0f / 6.0f);
+  if (blockIdx.x == 0 && threadIdx.x == 0 && p.global_scale_inv != nullptr) *p.global_scale_inv = s_dec;
+#pragma unroll
+  for (int u = 0; u < kWindowU; ++u) {
+    const int64_t v = ww.vec(u);
+    // Lane pairs are entirely inside or outside the tensor (nvec is even); all lanes shuffle.
+    uint32_t a = fold16(absmax8_packed(x[u]));
+    a = max(a, __shfl_xor_sync(kFullMask, a, 1));
+    const Nvfp4BlockScale bs = nvfp4_block_scale(amax16_to_float(a), s_enc_over6, s_dec);
+    if (v < p.nvec) {
+      p.data[v] = quant8_e2m1(x[u], bs.rcp);
+      if ((ww.lane & 1) == 0) p.scales[v >> 1] = static_cast<uint8_t>(bs.code);
+    }
+  }
+}
+
+}  // namespace tpcomm::quant::detail

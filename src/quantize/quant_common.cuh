@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "quantize/e2m1_math.h"
+
 // The FP8 conversions below must be the hardware cvt instructions (sm_89+); an older target would silently fall
 // back to cuda_fp8.h's fp64 software emulation (exact, but ~5x slower). Fail the build instead.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -123,27 +125,10 @@ __device__ __forceinline__ float fp8_scale_from_amax(float amax, double fp8_max,
 }
 
 // ---- NVFP4 -----------------------------------------------------------------------------------------------------------
-// E2M1 code (3 magnitude bits) of |y| rounded to nearest even and saturated at 6; NaN -> 6.
-// Rounding uses the "add a power of two" trick: y + 2^k rounds y to a multiple of ulp(2^k) = 2^(k-23), RNE.
-// |y| in [0,2): step 0.5 (k=22), [2,4): step 1 (k=23), [4,6]: step 2 (k=24); the integer distance from 2^k is then
-// the code minus 0, 2, 4 respectively.
-__device__ __forceinline__ uint32_t e2m1_code_abs(float ay) {
-  const float y = fminf(ay, 6.0f);  // also maps NaN to 6
-  const uint32_t ef = max(__float_as_uint(y) >> 23, 127u);
-  const uint32_t magic_bits = (ef + 22u) << 23;
-  const uint32_t d = __float_as_uint(__fadd_rn(y, __uint_as_float(magic_bits))) - magic_bits;
-  return d + 2u * (ef - 127u);
-}
-// Two bf16 values (one packed word) scaled by s -> two e2m1 nibbles (element 0 in bits 0..3). The sign comes from
-// the input's sign bit (so -0 -> 0x8 and a negative NaN -> 0xF).
-__device__ __forceinline__ uint32_t quant2_e2m1(uint32_t w, float s) {
-  const uint32_t c0 = e2m1_code_abs(__fmul_rn(__uint_as_float((w & 0x7fffu) << 16), s)) | ((w >> 12) & 0x8u);
-  const uint32_t c1 = e2m1_code_abs(__fmul_rn(__uint_as_float((w >> 16 & 0x7fffu) << 16), s)) | ((w >> 28) & 0x8u);
-  return c0 | (c1 << 4);
-}
-// 8 bf16 -> 8 nibbles (4 bytes, element 0 in the low nibble of the low byte).
+// 8 bf16 -> 8 e2m1 nibbles (4 bytes, element 0 in the low nibble of the low byte): e2m1_math.h, whose formula
+// the CPU tests check against the reference encoder.
 __device__ __forceinline__ uint32_t quant8_e2m1(const uint4& v, float s) {
-  return quant2_e2m1(v.x, s) | (quant2_e2m1(v.y, s) << 8) | (quant2_e2m1(v.z, s) << 16) | (quant2_e2m1(v.w, s) << 24);
+  return e2m1_pack8(v.x, v.y, v.z, v.w, s, e2m1_opaque_one());
 }
 // S_enc from the global amax (TransformerEngine's compute_global_encode_scaling_factor_FP4).
 __device__ __forceinline__ float nvfp4_global_encode_scale(float amax) {
@@ -217,6 +202,34 @@ __device__ __forceinline__ int64_t swz_offset(int64_t r, int64_t c, int64_t col_
 // ---- loads ------------------------------------------------------------------------------------------------------------
 // Streaming 16-byte load (read once: evict-first in L1/L2).
 __device__ __forceinline__ uint4 ld_stream(const void* p) { return __ldcs(reinterpret_cast<const uint4*>(p)); }
+
+// ---- warp-window elementwise pattern -------------------------------------------------------------------------------
+// For kernels over a flat sequence of 16-byte (or 8-/4-byte) vectors whose blocks are a few consecutive vectors:
+// a block has kWindowThreads threads, warp w of block b owns the kWindowVecsPerWarp consecutive vectors starting at
+// (b * warps + w) * kWindowVecsPerWarp, and lane l handles vectors u*32 + l (u < kWindowU). Every load and store
+// instruction of a warp then covers 32 consecutive vectors (fully coalesced), all kWindowU loads are issued before
+// the first use, and a block of G vectors is G adjacent lanes (G = 2, 4: combined with G-1 shuffles).
+// Measured (bench/NOTES.md): 88-94% of the copy rate where the 128 x 128 tile kernels reached 65-81%.
+constexpr int kWindowThreads = 256;
+constexpr int kWindowU = 4;
+constexpr int kWindowVecsPerWarp = 32 * kWindowU;
+constexpr int64_t kWindowVecsPerBlock = int64_t(kWindowThreads / 32) * kWindowVecsPerWarp;
+
+struct WarpWindow {
+  int64_t w0;  // first vector of the warp's window
+  int lane;
+  __device__ __forceinline__ int64_t vec(int u) const { return w0 + u * 32 + lane; }
+};
+// reverse: windows are visited from the end of the tensor (block 0 takes the last window): a kernel that runs
+// right after a pass over the same input then starts on the part of it still in L2.
+__device__ __forceinline__ WarpWindow warp_window(bool reverse = false) {
+  const int64_t b = reverse ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+  return WarpWindow{(b * (kWindowThreads / 32) + threadIdx.x / 32) * kWindowVecsPerWarp,
+                    static_cast<int>(threadIdx.x & 31)};
+}
+inline unsigned window_grid(int64_t nvec) {
+  return static_cast<unsigned>((nvec + kWindowVecsPerBlock - 1) / kWindowVecsPerBlock);
+}
 
 // ---- warp transpose-reductions ------------------------------------------------------------------------------------
 // v[0..kN) is per-lane data for kN rows; lanes within a group of kLanes (power of two) hold different columns.
