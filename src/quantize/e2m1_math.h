@@ -4,8 +4,8 @@
 // Why it exists: sm_90 has no e2m1 conversion instruction, and at ~2.5 bytes of traffic per element the NVFP4
 // quantize kernel has a budget of ~20 issued instructions per element before it stops being memory-bound on
 // H200. The previous per-element encoder (exponent-dependent magic number built with shift/max/lea, code
-// reassembled with imad/iadd, sign merged separately) cost ~14; this one costs ~10 and packs 8 nibbles with no
-// per-nibble masking.
+// reassembled with imad/iadd, sign merged separately) cost ~14, most on the half-rate logic pipe; this one costs
+// ~10, mostly on the FMA and multiply-add pipes (e2m1_pack8).
 //
 // e2m1_nibble_biased(x, s) for one bf16 element x (given as fp32 bits: the bf16 in the top half) and the block's
 // element multiplier s > 0 returns code + 8*sign + kE2m1Bias, where code (0..7) is |x*s| rounded to nearest-even
@@ -14,7 +14,7 @@
 //   p = 2^floor(log2(max(y, 1)))                   1, 2 or 4: the binade of y on the e2m1 grid, whose step is p/2
 //   t = 2^22 * p + y, rounded once (fp32)          t's ulp is p/2, so this is RNE of y onto the grid; exact
 //                                                  because 2^22 * p is representable and t stays in its binade
-//   t & 7  = (rounded y - p·[p > 1]) / (p/2) ... = 0..4 for p = 1, 2..4 for p = 2, 2..3 for p = 4
+//   t & 7  = y_r / (p/2), the rounded y in units of its step: 0..4 for p = 1, 2..4 for p = 2, 2..3 for p = 4
 //   t >> 22 = 2 * (149 + log2 p) = kE2m1Bias + 2 log2 p, and code = (t & 7) + 2 log2 p  (<= 7: no carry into
 //   the sign bit)
 // The bias is removed once per packed word: the nibbles are summed shifted (mod 2^32 the sum is linear), so
