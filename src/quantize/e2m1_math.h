@@ -35,23 +35,16 @@ namespace tpcomm::quant::detail {
 constexpr uint32_t kE2m1Bias = 298;  // 2 * 149: the biased exponent of 2^22, doubled
 constexpr uint32_t kE2m1BiasWord = kE2m1Bias * 0x11111111u;  // wraps mod 2^32, as the sums it corrects
 
-TPCOMM_E2M1_HD uint32_t e2m1_f2u(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
+// Bit casts for the host branches below (the device branches use __float_as_uint / __uint_as_float).
+inline uint32_t e2m1_f2u(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return u;
-#endif
 }
-TPCOMM_E2M1_HD float e2m1_u2f(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
+inline float e2m1_u2f(uint32_t u) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
-#endif
 }
 
 // The rounded magnitude t of one element (see above; t>>23 = 149 + log2 p, t & 7 = its index in the binade run).
