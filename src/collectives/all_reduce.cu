@@ -11,6 +11,7 @@
 #include "collectives/all_reduce_kernels.cuh"
 #include "comm/comm_impl.h"
 #include "common/check.h"
+#include "common/pdl.h"
 #include "symm/symm_impl.h"
 #include "tpcomm/all_reduce.h"
 #include "tpcomm/communicator.h"
@@ -107,14 +108,6 @@ int ll_unroll(std::size_t nvec, std::size_t threads) {
   return static_cast<int>(std::clamp<std::size_t>(per_thread / 4, 1, 4));
 }
 
-bool pdl_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("TPCOMM_PDL");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
-  return on;
-}
-
 std::size_t cap_of(const CommImpl& c, AllReduceAlgo a) {
   switch (a) {
     case AllReduceAlgo::kOneShotLL: return c.opts.lamport_max_bytes;
@@ -200,16 +193,7 @@ const detail::Registration* find_registration(const CommImpl& c, const void* p, 
 
 template <typename P, typename K>
 void launch(K kernel, const P& params, int blocks, int threads, cudaStream_t stream) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(blocks);
-  cfg.blockDim = dim3(threads);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
-  TPCOMM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, params));
+  detail::launch_kernel(kernel, dim3(blocks), dim3(threads), 0, stream, params);
 }
 
 // Copy-engine one-shot (see all_reduce_ce_ready / all_reduce_ce_reduce for the protocol).

@@ -22,6 +22,7 @@
 #include <cstdint>
 
 #include "comm/comm_impl.h"
+#include "common/pdl.cuh"
 #include "tpcomm/device/sync.cuh"
 #include "tpcomm/types.h"
 
@@ -104,14 +105,8 @@ __device__ __forceinline__ uint4 ld_v4_volatile(const void* p) {
 // Peer data after an acquire: bypass L1 (cache at L2 only).
 __device__ __forceinline__ uint4 ld_v4_cg(const void* p) { return __ldcg(reinterpret_cast<const uint4*>(p)); }
 
-// Programmatic dependent launch (PDL). Kernels are launched with programmatic stream serialization, so
-// one may start while its predecessor on the stream is still running. griddep_wait() blocks until every
-// predecessor grid has completed and its memory is visible: every kernel calls it before touching
-// ArState, inputs or the workspace, so the protocol above is unchanged; what overlaps is the launch itself
-// (block scheduling, parameter load), about 1-2 us per call. griddep_launch_dependents() lets the next
-// kernel start its own launch early.
-__device__ __forceinline__ void griddep_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void griddep_launch_dependents() { asm volatile("griddepcontrol.launch_dependents;" :::); }
+// Programmatic dependent launch (common/pdl.h): every kernel calls griddep_wait() before touching ArState,
+// inputs or the workspace, so the protocol above is unchanged; what overlaps is the launch itself.
 
 template <typename T, ReduceOp OP>
 struct Acc {

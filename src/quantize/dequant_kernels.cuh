@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "common/pdl.cuh"
 #include "quantize/quant_common.cuh"
 
 namespace tpcomm::quant::detail {
@@ -53,6 +54,7 @@ struct Fp8DequantKernelParams {
 template <int kFmt, bool kF32>
 __global__ void __launch_bounds__(kDequantThreads)
     fp8_dequant_kernel(const __grid_constant__ Fp8DequantKernelParams p) {
+  ::tpcomm::detail::pdl_prologue();
   const int64_t base = static_cast<int64_t>(blockIdx.x) * (kDequantThreads * kDequantChunks) + threadIdx.x;
   uint2 qs[kDequantChunks];
 #pragma unroll
@@ -106,6 +108,7 @@ struct Mxfp8DequantKernelParams {
 template <int kFmt, bool kF32>
 __global__ void __launch_bounds__(kDequantThreads)
     mxfp8_dequant_kernel(const __grid_constant__ Mxfp8DequantKernelParams p) {
+  ::tpcomm::detail::pdl_prologue();
   const int64_t base = static_cast<int64_t>(blockIdx.x) * (kDequantThreads * kDequantChunks) + threadIdx.x;
   uint4 qs[kDequantChunks];
 #pragma unroll
@@ -171,6 +174,7 @@ struct Mxfp8RowwiseDequantParams {
 template <int kFmt, bool kF32>
 __global__ void __launch_bounds__(kWindowThreads)
     mxfp8_rowwise_dequant_kernel(const __grid_constant__ Mxfp8RowwiseDequantParams p) {
+  ::tpcomm::detail::pdl_prologue();
   const WarpWindow ww = warp_window();
   uint2 q[kWindowU];
   uint32_t c[kWindowU];
@@ -209,6 +213,7 @@ struct Nvfp4DequantKernelParams {
 template <bool kF32>
 __global__ void __launch_bounds__(kWindowThreads)
     nvfp4_dequant_kernel(const __grid_constant__ Nvfp4DequantKernelParams p) {
+  ::tpcomm::detail::pdl_prologue();
   const WarpWindow ww = warp_window();
   const int64_t gk = p.cols / 16;
   uint32_t q[kWindowU], c[kWindowU];

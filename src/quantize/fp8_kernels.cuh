@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "common/pdl.cuh"
 #include "quantize/quant_common.cuh"
 #include "quantize/tile.cuh"
 
@@ -37,6 +38,15 @@ __device__ __forceinline__ uint32_t block_max(uint32_t v) {
   return s_res;
 }
 
+// Zeroes n words before an atomicMax pass. A kernel rather than cudaMemsetAsync: a memset node between two
+// kernels would break the PDL chain (common/pdl.h), so the amax kernel could not launch during this one.
+__global__ void __launch_bounds__(256) zero_words_kernel(uint32_t* __restrict__ p, int64_t n) {
+  ::tpcomm::detail::pdl_prologue();
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    p[i] = 0u;
+}
+
 // out_bits (zeroed beforehand) receives atomicMax of the fp32 bit pattern of |x| (non-negative floats order like
 // their bit patterns; NaN patterns exceed Inf).
 // Loads are plain (L2 evict-normal), not streaming: the cast pass that follows reads the same input from its end
@@ -44,6 +54,7 @@ __device__ __forceinline__ uint32_t block_max(uint32_t v) {
 // L2 instead of HBM.
 __global__ void __launch_bounds__(kAmaxThreads) amax_kernel(const uint4* __restrict__ in, int64_t nchunks,
                                                             uint32_t* __restrict__ out_bits) {
+  ::tpcomm::detail::pdl_prologue();
   uint32_t a = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -76,6 +87,7 @@ struct Fp8TensorParams {
 
 template <int kFmt>
 __global__ void __launch_bounds__(kCastThreads) fp8_tensor_cast_kernel(const __grid_constant__ Fp8TensorParams p) {
+  ::tpcomm::detail::pdl_prologue();
   // Data loads first, so their latency overlaps the scalar amax load and the scale computation.
   const int64_t b = p.reverse ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
   const int64_t base = b * (kCastThreads * kCastChunksPerThread) + threadIdx.x;
@@ -117,6 +129,7 @@ struct Fp8RowParams {
 // (the second read mostly hits L2).
 template <int kFmt, bool kCached>
 __global__ void __launch_bounds__(1024) fp8_rowwise_kernel(const __grid_constant__ Fp8RowParams p) {
+  ::tpcomm::detail::pdl_prologue();
   const int64_t row = blockIdx.x;
   const int64_t nchunks = p.cols / 8;
   const uint4* in = reinterpret_cast<const uint4*>(p.in + row * p.cols);
@@ -170,6 +183,7 @@ struct Fp8ColParams {
 };
 
 __global__ void __launch_bounds__(kColThreads) fp8_colamax_kernel(const __grid_constant__ Fp8ColParams p) {
+  ::tpcomm::detail::pdl_prologue();
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   const int64_t col = (static_cast<int64_t>(blockIdx.x) * 32 + lane) * 8;
   const bool col_ok = col < p.cols;
@@ -220,6 +234,7 @@ __global__ void __launch_bounds__(kColThreads) fp8_colamax_kernel(const __grid_c
 
 template <int kFmt>
 __global__ void __launch_bounds__(kColThreads) fp8_colcast_kernel(const __grid_constant__ Fp8ColParams p) {
+  ::tpcomm::detail::pdl_prologue();
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   const int64_t col = (static_cast<int64_t>(blockIdx.x) * 32 + lane) * 8;
   if (col >= p.cols) return;
@@ -271,6 +286,7 @@ struct Fp8BlockParams {
 
 template <int kFmt>
 __global__ void __launch_bounds__(kTileThreads) fp8_block1x128_kernel(const __grid_constant__ Fp8BlockParams p) {
+  ::tpcomm::detail::pdl_prologue();
   const ThreadSlot s = thread_slot();
   const TileCoord t = tile_coord(blockIdx.x, p.col_tiles, (p.rows + kTileRows - 1) / kTileRows);
   uint4 x[kRowsPerThread];
@@ -296,6 +312,7 @@ __global__ void __launch_bounds__(kTileThreads) fp8_block1x128_kernel(const __gr
 
 template <int kFmt>
 __global__ void __launch_bounds__(kTileThreads) fp8_block128x128_kernel(const __grid_constant__ Fp8BlockParams p) {
+  ::tpcomm::detail::pdl_prologue();
   const ThreadSlot s = thread_slot();
   const TileCoord t = tile_coord(blockIdx.x, p.col_tiles, (p.rows + kTileRows - 1) / kTileRows);
   uint4 x[kRowsPerThread];

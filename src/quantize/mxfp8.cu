@@ -2,6 +2,7 @@
 #include <cstdint>
 
 #include "common/check.h"
+#include "common/pdl.h"
 #include "quantize/mxfp8_kernels.cuh"
 #include "quantize/tile_launch.h"
 #include "quantize/validate.h"
@@ -23,7 +24,7 @@ void launch_one(const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream)
       return;
     }
   }
-  mxfp8_quantize_kernel<kFmt, kRceil, kRow, kCol><<<static_cast<unsigned>(tiles), kTileThreads, 0, stream>>>(kp);
+  ::tpcomm::detail::launch_kernel(mxfp8_quantize_kernel<kFmt, kRceil, kRow, kCol>, static_cast<unsigned>(tiles), kTileThreads, 0, stream, kp);
 }
 
 template <int kFmt, bool kRceil>
@@ -36,7 +37,7 @@ void launch_outputs(bool row, bool col, const Mxfp8KernelParams& kp, int64_t til
     rp.nvec = kp.experts * kp.rows * kp.cols / 8;
     rp.data = reinterpret_cast<uint2*>(kp.row_data);
     rp.scales = kp.row_scales;
-    mxfp8_rowwise_kernel<kFmt, kRceil><<<window_grid(rp.nvec), kWindowThreads, 0, stream>>>(rp);
+    ::tpcomm::detail::launch_kernel(mxfp8_rowwise_kernel<kFmt, kRceil>, window_grid(rp.nvec), kWindowThreads, 0, stream, rp);
   } else if (row) launch_one<kFmt, kRceil, true, false>(kp, tiles, stream);
   else launch_one<kFmt, kRceil, false, true>(kp, tiles, stream);
 }

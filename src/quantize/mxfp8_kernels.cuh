@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "common/pdl.cuh"
 #include "quantize/quant_common.cuh"
 #include "quantize/tile.cuh"
 
@@ -194,6 +195,7 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
 template <int kFmt, bool kRceil, bool kRow, bool kCol>
 __global__ void __launch_bounds__(kTileThreads, (kRow && kCol) ? 2 : 5)
     mxfp8_quantize_kernel(const __grid_constant__ Mxfp8KernelParams p) {
+  ::tpcomm::detail::pdl_prologue();
   const TileCoord t = tile_coord(blockIdx.x, p.col_tiles, p.tiles_per_expert);
   uint4 x[kRowsPerThread];
   load_tile(p.in + t.e * p.rows * p.cols, p.rows, p.cols, t, thread_slot(), x);
@@ -206,6 +208,7 @@ __global__ void __launch_bounds__(kTileThreads, (kRow && kCol) ? 2 : 5)
 template <int kFmt, bool kRceil, bool kRow, bool kCol>
 __global__ void __launch_bounds__(kTileThreads, 2)
     mxfp8_quantize_persistent_kernel(const __grid_constant__ Mxfp8KernelParams p) {
+  ::tpcomm::detail::pdl_prologue();
   for_each_tile_pipelined(p.in, p.rows, p.cols, p.col_tiles, p.tiles_per_expert, p.tiles,
                           [&](int64_t, const TileCoord& t, uint4(&x)[kRowsPerThread]) {
                             mxfp8_tile<kFmt, kRceil, kRow, kCol, true>(p, t, x);
@@ -227,6 +230,7 @@ struct Mxfp8RowwiseParams {
 
 template <int kFmt, bool kRceil>
 __global__ void __launch_bounds__(kWindowThreads) mxfp8_rowwise_kernel(const __grid_constant__ Mxfp8RowwiseParams p) {
+  ::tpcomm::detail::pdl_prologue();
   constexpr int kEmax = kFmt == 0 ? 8 : 15;
   const WarpWindow ww = warp_window();
   uint4 x[kWindowU];

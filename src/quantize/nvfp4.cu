@@ -3,6 +3,7 @@
 #include <cstdint>
 
 #include "common/check.h"
+#include "common/pdl.h"
 #include "quantize/nvfp4_kernels.cuh"
 #include "quantize/validate.h"
 #include "tpcomm/quantize.h"
@@ -27,7 +28,7 @@ void nvfp4_quantize(const Nvfp4QuantizeParams& p, cudaStream_t stream) {
     rp.global_amax = amax;
     rp.global_scale_inv = p.global_scale_inv;
     rp.reverse = p.global_amax_in == nullptr;
-    nvfp4_rowwise_kernel<<<window_grid(rp.nvec), kWindowThreads, 0, stream>>>(rp);
+    ::tpcomm::detail::launch_kernel(nvfp4_rowwise_kernel, window_grid(rp.nvec), kWindowThreads, 0, stream, rp);
     TPCOMM_CUDA_CHECK(cudaGetLastError());
     return;
   }
@@ -44,8 +45,8 @@ void nvfp4_quantize(const Nvfp4QuantizeParams& p, cudaStream_t stream) {
   const int64_t tiles = kp.col_tiles * ((p.rows + kTileRows - 1) / kTileRows);
   const unsigned grid = static_cast<unsigned>(tiles);
   switch (p.block) {
-    case Nvfp4Block::k1x16: nvfp4_quantize_kernel<false><<<grid, kTileThreads, 0, stream>>>(kp); break;
-    case Nvfp4Block::k16x16: nvfp4_quantize_kernel<true><<<grid, kTileThreads, 0, stream>>>(kp); break;
+    case Nvfp4Block::k1x16: ::tpcomm::detail::launch_kernel(nvfp4_quantize_kernel<false>, grid, kTileThreads, 0, stream, kp); break;
+    case Nvfp4Block::k16x16: ::tpcomm::detail::launch_kernel(nvfp4_quantize_kernel<true>, grid, kTileThreads, 0, stream, kp); break;
   }
   TPCOMM_CUDA_CHECK(cudaGetLastError());
 }

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "common/pdl.cuh"
 #include "quantize/quant_common.cuh"
 #include "quantize/tile.cuh"
 
@@ -23,6 +24,7 @@ struct Nvfp4KernelParams {
 
 template <bool k16x16>
 __global__ void __launch_bounds__(kTileThreads, 5) nvfp4_quantize_kernel(const __grid_constant__ Nvfp4KernelParams p) {
+  ::tpcomm::detail::pdl_prologue();
   const ThreadSlot s = thread_slot();
   const TileCoord t = tile_coord(blockIdx.x, p.col_tiles, (p.rows + kTileRows - 1) / kTileRows);
   const int64_t N = p.rows, K = p.cols;
@@ -127,6 +129,7 @@ struct Nvfp4RowwiseParams {
 };
 
 __global__ void __launch_bounds__(kWindowThreads) nvfp4_rowwise_kernel(const __grid_constant__ Nvfp4RowwiseParams p) {
+  ::tpcomm::detail::pdl_prologue();
   const WarpWindow ww = warp_window(p.reverse);
   uint4 x[kWindowU];
 #pragma unroll

@@ -102,39 +102,22 @@ struct BlockBarrier {
   int max_ranks;
 };
 
-// Named barrier `id` over `n` threads of the block (n a multiple of 32; id 0 with n = blockDim.x is
-// __syncthreads). Same memory semantics as __syncthreads among the participating threads.
-__device__ __forceinline__ void named_sync(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
-__device__ __forceinline__ bool named_sync_and(int id, int n, bool pred) {
-  uint32_t r;
-  asm volatile(
-      "{\n .reg .pred p, q;\n setp.ne.u32 p, %1, 0;\n bar.red.and.pred q, %2, %3, p;\n selp.u32 %0, 1, 0, q;\n}"
-      : "=r"(r)
-      : "r"(static_cast<uint32_t>(pred)), "r"(id), "r"(n)
-      : "memory");
-  return r != 0;
-}
-
-// Split barrier over a group of the block's threads (named barrier `id` of `n` threads; `gtid` = thread
-// index within the group) on flag row `row` of the pad (row = blockIdx.x for whole-block barriers), so
-// different warps of a block can run different pipeline stages, each with its own rows.
-// arrive publishes the epoch (after all the group's prior writes) and returns at once; wait blocks until
-// every peer has arrived at `epoch` on that row. Requires n >= world_size.
-__device__ __forceinline__ void group_arrive(const BlockBarrier& bar, int row, uint32_t epoch, uint32_t tag, int id, int n,
-                                             int gtid) {
-  named_sync(id, n);
-  if (gtid < bar.world_size) {
+// Split block barrier on flag row blockIdx.x of the pad. Must be called by all threads of the block.
+// block_arrive publishes the epoch (after all the block's prior writes: __syncthreads, then a .sys release
+// store per peer) and returns at once; block_wait blocks until every peer has arrived at `epoch`.
+__device__ __forceinline__ void block_arrive(const BlockBarrier& bar, uint32_t epoch, uint32_t tag) {
+  __syncthreads();
+  if (static_cast<int>(threadIdx.x) < bar.world_size) {
     const uint64_t mine = (static_cast<uint64_t>(tag) << 32) | epoch;
-    st_release_sys(bar.peer_flags[gtid] + static_cast<std::size_t>(row) * bar.max_ranks + bar.rank, mine);
+    st_release_sys(bar.peer_flags[threadIdx.x] + static_cast<std::size_t>(blockIdx.x) * bar.max_ranks + bar.rank, mine);
   }
 }
 
-__device__ __forceinline__ bool group_wait(const SyncContext& ctx, const BlockBarrier& bar, int row, uint32_t epoch,
-                                           uint32_t tag, int id, int n, int gtid) {
+__device__ __forceinline__ bool block_wait(const SyncContext& ctx, const BlockBarrier& bar, uint32_t epoch, uint32_t tag) {
   bool ok = true;
-  if (gtid < bar.world_size) {
-    const int p = gtid;
-    const uint64_t* slot = bar.my_flags + static_cast<std::size_t>(row) * bar.max_ranks + p;
+  if (static_cast<int>(threadIdx.x) < bar.world_size) {
+    const int p = static_cast<int>(threadIdx.x);
+    const uint64_t* slot = bar.my_flags + static_cast<std::size_t>(blockIdx.x) * bar.max_ranks + p;
     ok = wait_until(ctx, slot, p, [epoch](uint64_t v) { return static_cast<int32_t>(static_cast<uint32_t>(v) - epoch) >= 0; });
     if (ok) {
       const uint64_t v = ld_acquire_sys(slot);
@@ -144,18 +127,9 @@ __device__ __forceinline__ bool group_wait(const SyncContext& ctx, const BlockBa
       }
     }
   }
-  // The abort flag is read before the reduction so every thread of the group gets the same answer (a
-  // group that split here would meet at mismatched barriers).
-  return named_sync_and(id, n, ok && !aborted(ctx));
-}
-
-// Whole-block forms (row = blockIdx.x). Must be called by all threads.
-__device__ __forceinline__ void block_arrive(const BlockBarrier& bar, uint32_t epoch, uint32_t tag) {
-  group_arrive(bar, blockIdx.x, epoch, tag, 0, blockDim.x, threadIdx.x);
-}
-
-__device__ __forceinline__ bool block_wait(const SyncContext& ctx, const BlockBarrier& bar, uint32_t epoch, uint32_t tag) {
-  return group_wait(ctx, bar, blockIdx.x, epoch, tag, 0, blockDim.x, threadIdx.x);
+  // The abort flag is read before the reduction so every thread of the block gets the same answer (a block
+  // that split here would meet at mismatched barriers).
+  return __syncthreads_and(ok && !aborted(ctx));
 }
 
 __device__ __forceinline__ bool block_barrier(const SyncContext& ctx, const BlockBarrier& bar, uint32_t epoch, uint32_t tag) {
