@@ -2,15 +2,54 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 namespace tpcomm::detail {
 
+namespace {
+
+bool env_is(const char* name, const char* value) {
+  const char* e = std::getenv(name);
+  return e != nullptr && std::strcmp(e, value) == 0;
+}
+
+}  // namespace
+
 bool pdl_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("TPCOMM_PDL");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
+  static const bool on = !env_is("TPCOMM_PDL", "0");
   return on;
+}
+
+bool pdl_for_one_wave() {
+  static const bool on = env_is("TPCOMM_PDL_ONE_WAVE", "1");
+  return on;
+}
+
+bool fits_one_wave(const void* kernel, int64_t blocks, int threads, std::size_t smem) {
+  struct Entry {
+    const void* kernel;
+    int threads;
+    std::size_t smem;
+    int device;
+    int64_t capacity;  // resident blocks on the whole device
+  };
+  static std::mutex mu;
+  static std::vector<Entry> cache;  // a few dozen kernel instantiations at most
+  int dev = 0;
+  TPCOMM_CUDA_CHECK(cudaGetDevice(&dev));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const Entry& e : cache)
+      if (e.kernel == kernel && e.threads == threads && e.smem == smem && e.device == dev) return blocks <= e.capacity;
+  }
+  int per_sm = 0, sms = 0;
+  TPCOMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
+  TPCOMM_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int64_t capacity = int64_t(per_sm) * sms;
+  std::lock_guard<std::mutex> lock(mu);
+  cache.push_back({kernel, threads, smem, dev, capacity});
+  return blocks <= capacity;
 }
 
 }  // namespace tpcomm::detail

@@ -32,10 +32,7 @@ struct Mxfp8KernelParams {
 
 // One 128 x 128 tile whose bf16 the thread holds in x (tile.cuh layout).
 // kFmt: 0 = e4m3, 1 = e5m2. kRow / kCol: which outputs to produce.
-// kDirectCol: colwise data is stored straight from registers (each thread's 16 rows of one column are 16 contiguous
-// output bytes: 32-byte segments per warp instruction, which the block's 4 warps complete into full 128-byte lines
-// in L2) instead of being transposed through 16 KiB of shared memory into full-line stores.
-template <int kFmt, bool kRceil, bool kRow, bool kCol, bool kDirectCol = false>
+template <int kFmt, bool kRceil, bool kRow, bool kCol>
 __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const TileCoord& t, uint4 (&x)[kRowsPerThread]) {
   constexpr int kEmax = kFmt == 0 ? 8 : 15;
   const ThreadSlot s = thread_slot();
@@ -44,7 +41,7 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
   const bool col_ok = col < K;
 
   // Colwise: transposed tile (16-byte chunk (k, n/16) at [k][(n/16) ^ ((k/8) & 7)]), scale bytes [k][group].
-  __shared__ uint4 s_col[kCol && !kDirectCol ? kTileCols * 8 : 1];
+  __shared__ uint4 s_col[kCol ? kTileCols * 8 : 1];
   __shared__ uint32_t s_colsc[kCol ? kTileCols : 1];
   // Rowwise scale bytes [row][group of 32 columns].
   __shared__ uint32_t s_rowsc[kRow ? kTileRows : 1];
@@ -81,14 +78,7 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
                                            __fmul_rn(bf16_elem(x[4 * q + 3], j), m));
         o[q] = lo | (hi << 16);
       }
-      if constexpr (kDirectCol) {
-        // N % 32 == 0 for colwise, so the thread's 16 rows are all inside or all outside the tensor.
-        if (col_ok && t.n0 + s.rl0 < N)
-          *reinterpret_cast<uint4*>(p.col_data + t.e * N * K + (col + j) * N + t.n0 + s.rl0) =
-              make_uint4(o[0], o[1], o[2], o[3]);
-      } else {
-        s_col[(8 * s.c + j) * 8 + phys] = make_uint4(o[0], o[1], o[2], o[3]);
-      }
+      s_col[(8 * s.c + j) * 8 + phys] = make_uint4(o[0], o[1], o[2], o[3]);
     }
     if (!p.swizzled) {
       // Linear scales (E, N/32, K): 8 consecutive bytes per thread, 128 contiguous bytes per half-warp.
@@ -146,7 +136,7 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
     const int cc = tid & 7;
     uint8_t* base = p.col_data + t.e * N * K;
 #pragma unroll
-    for (int pass = 0; pass < (kDirectCol ? 0 : kTileCols / 16); ++pass) {
+    for (int pass = 0; pass < kTileCols / 16; ++pass) {
       const int kl = pass * 16 + (tid >> 3);
       const uint4 v = s_col[kl * 8 + (cc ^ ((kl >> 3) & 7))];
       const int64_t k = t.k0 + kl;
@@ -202,16 +192,18 @@ __global__ void __launch_bounds__(kTileThreads, (kRow && kCol) ? 2 : 5)
   mxfp8_tile<kFmt, kRceil, kRow, kCol>(p, t, x);
 }
 
-// Persistent and pipelined (tile.cuh), dynamic shared memory kStageBytes, colwise data stored directly from
-// registers; used for rowwise + colwise only (bench/NOTES.md: it lost for the single-output kernels). 2 blocks per
-// SM: 230 registers, no spills (3 blocks spilled 224 bytes and ran at 54% of copy instead of 72-79%).
+// Persistent and pipelined (tile.cuh), dynamic shared memory kStageBytes plus the 18 KiB static transpose buffer of
+// mxfp8_tile; used for rowwise + colwise only (bench/NOTES.md: it lost for the single-output kernels). 2 blocks per
+// SM: 249 registers, no spills (a 3-block build spilled 224 bytes and ran at 54% of copy). Session 5: the colwise
+// data goes through the shared-memory transpose (full 128-byte line stores) instead of straight from registers
+// (32-byte segments): 72 -> 78-80% of copy with linear scales (bench/NOTES.md).
 template <int kFmt, bool kRceil, bool kRow, bool kCol>
 __global__ void __launch_bounds__(kTileThreads, 2)
     mxfp8_quantize_persistent_kernel(const __grid_constant__ Mxfp8KernelParams p) {
   ::tpcomm::detail::pdl_prologue();
   for_each_tile_pipelined(p.in, p.rows, p.cols, p.col_tiles, p.tiles_per_expert, p.tiles,
                           [&](int64_t, const TileCoord& t, uint4(&x)[kRowsPerThread]) {
-                            mxfp8_tile<kFmt, kRceil, kRow, kCol, true>(p, t, x);
+                            mxfp8_tile<kFmt, kRceil, kRow, kCol>(p, t, x);
                           });
 }
 

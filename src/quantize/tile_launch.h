@@ -41,7 +41,7 @@ int persistent_blocks_per_sm() {
 template <auto Kernel, class Params>
 void launch_persistent(const Params& kp, int64_t tiles, cudaStream_t stream) {
   const int64_t grid = std::min<int64_t>(tiles, int64_t(persistent_blocks_per_sm<Kernel>()) * sm_count());
-  ::tpcomm::detail::launch_kernel(Kernel, static_cast<unsigned>(grid), kTileThreads, kStageBytes, stream, kp);
+  ::tpcomm::detail::launch_kernel_waves(Kernel, static_cast<unsigned>(grid), kTileThreads, kStageBytes, stream, kp);
 }
 
 }  // namespace tpcomm::quant::detail
