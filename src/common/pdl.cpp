@@ -26,7 +26,7 @@ bool pdl_for_one_wave() {
   return on;
 }
 
-bool fits_one_wave(const void* kernel, int64_t blocks, int threads, std::size_t smem) {
+int64_t device_capacity(const void* kernel, int threads, std::size_t smem) {
   struct Entry {
     const void* kernel;
     int threads;
@@ -41,7 +41,7 @@ bool fits_one_wave(const void* kernel, int64_t blocks, int threads, std::size_t 
   {
     std::lock_guard<std::mutex> lock(mu);
     for (const Entry& e : cache)
-      if (e.kernel == kernel && e.threads == threads && e.smem == smem && e.device == dev) return blocks <= e.capacity;
+      if (e.kernel == kernel && e.threads == threads && e.smem == smem && e.device == dev) return e.capacity;
   }
   int per_sm = 0, sms = 0;
   TPCOMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem));
@@ -49,7 +49,7 @@ bool fits_one_wave(const void* kernel, int64_t blocks, int threads, std::size_t 
   const int64_t capacity = int64_t(per_sm) * sms;
   std::lock_guard<std::mutex> lock(mu);
   cache.push_back({kernel, threads, smem, dev, capacity});
-  return blocks <= capacity;
+  return capacity;
 }
 
 }  // namespace tpcomm::detail

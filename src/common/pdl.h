@@ -22,9 +22,14 @@ namespace tpcomm::detail {
 // False when TPCOMM_PDL=0 (read once).
 bool pdl_enabled();
 
-// Whether a grid of `blocks` blocks of `kernel` fits in one wave of resident blocks on the current device
-// (occupancy at this block size and dynamic shared memory; cached).
-bool fits_one_wave(const void* kernel, int64_t blocks, int threads, std::size_t smem);
+// Resident blocks of `kernel` on the whole current device at this block size and dynamic shared memory
+// (occupancy x SMs; cached).
+int64_t device_capacity(const void* kernel, int threads, std::size_t smem);
+
+// Whether a grid of `blocks` blocks of `kernel` fits in one wave of resident blocks.
+inline bool fits_one_wave(const void* kernel, int64_t blocks, int threads, std::size_t smem) {
+  return blocks <= device_capacity(kernel, threads, smem);
+}
 
 // Policy for grids that fit in one wave (launch_kernel_waves). When such a grid is launched early, its blocks
 // are placed into the slots its predecessor leaves free while the predecessor still runs, and the rest as the

@@ -77,10 +77,11 @@ TPCOMM_E2M1_HD uint32_t e2m1_nibble_biased(uint32_t xbits, float s) {
 //   magnitude_j << 4j = (t - (t >> 23) * (2^23 - 2)) << 4j      (= (code + 298) << 4j, summed mod 2^32: the
 //                                                                 exponent bits of t cancel exactly)
 // with t >> 23 a multiply-high by 2^9 (ptxas would turn a mul.hi by a constant power of two back into a shift, so
-// on the device the multiplier comes from `one`, a 1 it cannot see: e2m1_opaque_one). The 8 sign bits are placed
-// in bulk: four byte permutes gather the bytes holding the bf16 sign bits, two masked merges put them on bits 3
-// and 7 of each output byte.
-TPCOMM_E2M1_HD uint32_t e2m1_pack8(uint32_t w0, uint32_t w1, uint32_t w2, uint32_t w3, float s, uint32_t one = 1u) {
+// on the device the multiplier m512 = 512 comes from a kernel parameter, a value it cannot see; an earlier form
+// derived it from %dynamic_smem_size, which ptxas re-read with four uniform instructions per call). The 8 sign
+// bits are placed in bulk: four byte permutes gather the bytes holding the bf16 sign bits, two masked merges put
+// them on bits 3 and 7 of each output byte.
+TPCOMM_E2M1_HD uint32_t e2m1_pack8(uint32_t w0, uint32_t w1, uint32_t w2, uint32_t w3, float s, uint32_t m512 = 512u) {
   const uint32_t w[4] = {w0, w1, w2, w3};
   uint32_t acc = 0;
 #if defined(__CUDA_ARCH__)
@@ -90,10 +91,10 @@ TPCOMM_E2M1_HD uint32_t e2m1_pack8(uint32_t w0, uint32_t w1, uint32_t w2, uint32
     const uint32_t x = (j & 1) ? (w[j >> 1] & 0xffff0000u) : (w[j >> 1] << 16);
     const uint32_t t = e2m1_rounded_bits(x, s);
 #if defined(__CUDA_ARCH__)
-    const uint32_t e = __umulhi(t, 512u * one);  // t >> 23
+    const uint32_t e = __umulhi(t, m512);  // t >> 23
 #else
     const uint32_t e = t >> 23;
-    (void)one;
+    (void)m512;
 #endif
     acc += t << (4 * j);
     acc -= e * ((8388608u - 2u) << (4 * j));
@@ -116,14 +117,5 @@ TPCOMM_E2M1_HD uint32_t e2m1_pack8(uint32_t w0, uint32_t w1, uint32_t w2, uint32
 #endif
 }
 
-#if defined(__CUDACC__)
-// 1 at run time, opaque to ptxas (the dynamic shared memory size of the kernels using it is < 1 MiB, so the shift
-// yields 0). Not volatile: it is computed once per kernel.
-__device__ __forceinline__ uint32_t e2m1_opaque_one() {
-  uint32_t v;
-  asm("mov.u32 %0, %%dynamic_smem_size;" : "=r"(v));
-  return (v >> 20) + 1u;
-}
-#endif
 
 }  // namespace tpcomm::quant::detail

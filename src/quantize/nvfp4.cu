@@ -28,6 +28,7 @@ void nvfp4_quantize(const Nvfp4QuantizeParams& p, cudaStream_t stream) {
     rp.global_amax = amax;
     rp.global_scale_inv = p.global_scale_inv;
     rp.reverse = p.global_amax_in == nullptr;
+    rp.e2m1_m512 = 512;
     ::tpcomm::detail::launch_kernel(nvfp4_rowwise_kernel, window_grid(rp.nvec), kWindowThreads, 0, stream, rp);
     TPCOMM_CUDA_CHECK(cudaGetLastError());
     return;
@@ -42,6 +43,7 @@ void nvfp4_quantize(const Nvfp4QuantizeParams& p, cudaStream_t stream) {
   kp.global_amax = amax;
   kp.global_scale_inv = p.global_scale_inv;
   kp.swizzled = p.scale_layout == ScaleLayout::kSwizzled128x4;
+  kp.e2m1_m512 = 512;
   const int64_t tiles = kp.col_tiles * ((p.rows + kTileRows - 1) / kTileRows);
   const unsigned grid = static_cast<unsigned>(tiles);
   switch (p.block) {

@@ -20,6 +20,7 @@ struct Nvfp4KernelParams {
   const float* global_amax;
   float* global_scale_inv;  // may be null
   bool swizzled;
+  uint32_t e2m1_m512;  // 512, from the host (quant8_e2m1)
 };
 
 template <bool k16x16>
@@ -45,7 +46,7 @@ __global__ void __launch_bounds__(kTileThreads, 5) nvfp4_quantize_kernel(const _
   const int64_t row0 = t.n0 + s.rl0;
   uint8_t* out = p.out + row0 * (K / 2) + col / 2;
   auto store_row = [&](int i, float rcp) {
-    const uint32_t v = quant8_e2m1(x[i], rcp);
+    const uint32_t v = quant8_e2m1(x[i], rcp, p.e2m1_m512);
     if (col_ok && row0 + i < N) *reinterpret_cast<uint32_t*>(out + i * (K / 2)) = v;
   };
 
@@ -126,6 +127,7 @@ struct Nvfp4RowwiseParams {
   const float* global_amax;
   float* global_scale_inv;  // may be null
   bool reverse;      // the global amax pass just read the input: start from its end (warp_window)
+  uint32_t e2m1_m512;  // 512, from the host (quant8_e2m1)
 };
 
 __global__ void __launch_bounds__(kWindowThreads) nvfp4_rowwise_kernel(const __grid_constant__ Nvfp4RowwiseParams p) {
@@ -137,19 +139,17 @@ __global__ void __launch_bounds__(kWindowThreads) nvfp4_rowwise_kernel(const __g
     const int64_t v = ww.vec(u);
     x[u] = v < p.nvec ? ld_stream(p.in + v) : make_uint4(0u, 0u, 0u, 0u);
   }
-  const float s_enc = nvfp4_global_encode_scale(*p.global_amax);
-  const float s_dec = __frcp_rn(s_enc);  // IEEE 1/x
-  const float s_enc_over6 = __fmul_rn(s_enc, 1.0f / 6.0f);
-  if (blockIdx.x == 0 && threadIdx.x == 0 && p.global_scale_inv != nullptr) *p.global_scale_inv = s_dec;
+  __shared__ Nvfp4ScaleTable tab;
+  nvfp4_build_scale_table(tab, p.global_amax, p.global_scale_inv);  // overlaps the loads above
 #pragma unroll
   for (int u = 0; u < kWindowU; ++u) {
     const int64_t v = ww.vec(u);
     // Lane pairs are entirely inside or outside the tensor (nvec is even); all lanes shuffle.
     uint32_t a = fold16(absmax8_packed(x[u]));
     a = max(a, __shfl_xor_sync(kFullMask, a, 1));
-    const Nvfp4BlockScale bs = nvfp4_block_scale(amax16_to_float(a), s_enc_over6, s_dec);
+    const Nvfp4BlockScale bs = nvfp4_block_scale(amax16_to_float(a), tab);
     if (v < p.nvec) {
-      p.data[v] = quant8_e2m1(x[u], bs.rcp);
+      p.data[v] = quant8_e2m1(x[u], bs.rcp, p.e2m1_m512);
       if ((ww.lane & 1) == 0) p.scales[v >> 1] = static_cast<uint8_t>(bs.code);
     }
   }

@@ -127,8 +127,10 @@ __device__ __forceinline__ float fp8_scale_from_amax(float amax, double fp8_max,
 // ---- NVFP4 -----------------------------------------------------------------------------------------------------------
 // 8 bf16 -> 8 e2m1 nibbles (4 bytes, element 0 in the low nibble of the low byte): e2m1_math.h, whose formula
 // the CPU tests check against the reference encoder.
-__device__ __forceinline__ uint32_t quant8_e2m1(const uint4& v, float s) {
-  return e2m1_pack8(v.x, v.y, v.z, v.w, s, e2m1_opaque_one());
+// m512 must be 512 and come from a kernel parameter: ptxas cannot see its value, so t >> 23 stays one IMAD.HI with a
+// constant-bank operand (a literal 512 would become a shift on the logic pipe; e2m1_math.h), at no per-call cost.
+__device__ __forceinline__ uint32_t quant8_e2m1(const uint4& v, float s, uint32_t m512) {
+  return e2m1_pack8(v.x, v.y, v.z, v.w, s, m512);
 }
 // S_enc from the global amax (TransformerEngine's compute_global_encode_scaling_factor_FP4).
 __device__ __forceinline__ float nvfp4_global_encode_scale(float amax) {
@@ -146,6 +148,37 @@ __device__ __forceinline__ Nvfp4BlockScale nvfp4_block_scale(float block_amax, f
   r.code = cvt2_fp8<0>(__fmul_rn(block_amax, s_enc_over6), 0.0f) & 0xffu;
   const float sb = fp8_to_float<0>(r.code);
   r.rcp = fminf(__frcp_rn(__fmul_rn(sb, s_dec)), FLT_MAX);  // __frcp_rn: IEEE 1/x, same as __fdiv_rn(1, x)
+  return r;
+}
+
+// The same block scales through a per-block table (the 1x16 warp-window kernel, where the block scale is paid
+// once per 16 elements). A block amax is >= +0 or NaN, so its E4M3 code has a clear sign bit (NaN -> 0x7f,
+// satfinite): the element multiplier is a function of code & 0x7f and of the tensor's s_dec only, and the 128
+// values are computed once per thread block instead of decode + IEEE reciprocal (~14 instructions) per block
+// scale. Entries are exactly nvfp4_block_scale's rcp (same expression).
+struct Nvfp4ScaleTable {
+  float rcp[128];
+  float s_enc_over6;
+};
+// Called by every thread of the block (contains __syncthreads); blockDim.x >= 128. Thread 0 of block 0 writes
+// the global decode scale to global_scale_inv when it is not null.
+__device__ __forceinline__ void nvfp4_build_scale_table(Nvfp4ScaleTable& tab, const float* global_amax,
+                                                        float* global_scale_inv) {
+  if (threadIdx.x < 128) {
+    const float s_enc = nvfp4_global_encode_scale(*global_amax);
+    const float s_dec = __frcp_rn(s_enc);  // IEEE 1/x
+    tab.rcp[threadIdx.x] = fminf(__frcp_rn(__fmul_rn(fp8_to_float<0>(threadIdx.x), s_dec)), FLT_MAX);
+    if (threadIdx.x == 0) {
+      tab.s_enc_over6 = __fmul_rn(s_enc, 1.0f / 6.0f);
+      if (blockIdx.x == 0 && global_scale_inv != nullptr) *global_scale_inv = s_dec;
+    }
+  }
+  __syncthreads();
+}
+__device__ __forceinline__ Nvfp4BlockScale nvfp4_block_scale(float block_amax, const Nvfp4ScaleTable& tab) {
+  Nvfp4BlockScale r;
+  r.code = cvt2_fp8<0>(__fmul_rn(block_amax, tab.s_enc_over6), 0.0f) & 0x7fu;  // sign bit clear (see above)
+  r.rcp = tab.rcp[r.code];
   return r;
 }
 
