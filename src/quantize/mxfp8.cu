@@ -24,7 +24,8 @@ void launch_one(const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream)
       return;
     }
   }
-  ::tpcomm::detail::launch_kernel(mxfp8_quantize_kernel<kFmt, kRceil, kRow, kCol>, static_cast<unsigned>(tiles), kTileThreads, 0, stream, kp);
+  ::tpcomm::detail::launch_kernel_waves(mxfp8_quantize_kernel<kFmt, kRceil, kRow, kCol>, static_cast<unsigned>(tiles),
+                                        kTileThreads, 0, stream, kp);
 }
 
 template <int kFmt, bool kRceil>
