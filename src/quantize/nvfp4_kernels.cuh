@@ -145,9 +145,11 @@ __global__ void __launch_bounds__(kWindowThreads) nvfp4_rowwise_kernel(const __g
   for (int u = 0; u < kWindowU; ++u) {
     const int64_t v = ww.vec(u);
     // Lane pairs are entirely inside or outside the tensor (nvec is even); all lanes shuffle.
-    uint32_t a = fold16(absmax8_packed(x[u]));
-    a = max(a, __shfl_xor_sync(kFullMask, a, 1));
-    const Nvfp4BlockScale bs = nvfp4_block_scale(amax16_to_float(a), tab);
+    // Block amax with the half-precision min/max unit (absmax8_f32bits): +2 points of copy over the integer form
+    // in the same run (bench/NOTES.md, session 5); the 16x16 tile kernel measured 0.7 points slower with it.
+    uint32_t a = absmax8_f32bits(x[u]);
+    a = max(a, __shfl_xor_sync(kFullMask, a, 1));  // non-negative fp32 bits order like their values, NaN last
+    const Nvfp4BlockScale bs = nvfp4_block_scale(__uint_as_float(a), tab);
     if (v < p.nvec) {
       p.data[v] = quant8_e2m1(x[u], bs.rcp, p.e2m1_m512);
       if ((ww.lane & 1) == 0) p.scales[v >> 1] = static_cast<uint8_t>(bs.code);
