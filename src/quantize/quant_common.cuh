@@ -159,11 +159,15 @@ struct Nvfp4BlockScale {
   uint32_t code;
   float rcp;
 };
+// The element multiplier of block-scale code `code`: 1 / (decode(code) * S_dec), IEEE (__frcp_rn = __fdiv_rn(1, x)),
+// capped at FLT_MAX (code 0 -> +Inf -> FLT_MAX; the NaN code 0x7f -> NaN -> FLT_MAX, fminf).
+__device__ __forceinline__ float nvfp4_element_multiplier(uint32_t code, float s_dec) {
+  return fminf(__frcp_rn(__fmul_rn(fp8_to_float<0>(code), s_dec)), FLT_MAX);
+}
 __device__ __forceinline__ Nvfp4BlockScale nvfp4_block_scale(float block_amax, float s_enc_over6, float s_dec) {
   Nvfp4BlockScale r;
   r.code = cvt2_fp8<0>(__fmul_rn(block_amax, s_enc_over6), 0.0f) & 0xffu;
-  const float sb = fp8_to_float<0>(r.code);
-  r.rcp = fminf(__frcp_rn(__fmul_rn(sb, s_dec)), FLT_MAX);  // __frcp_rn: IEEE 1/x, same as __fdiv_rn(1, x)
+  r.rcp = nvfp4_element_multiplier(r.code, s_dec);
   return r;
 }
 
@@ -171,7 +175,7 @@ __device__ __forceinline__ Nvfp4BlockScale nvfp4_block_scale(float block_amax, f
 // once per 16 elements). A block amax is >= +0 or NaN, so its E4M3 code has a clear sign bit (NaN -> 0x7f,
 // satfinite): the element multiplier is a function of code & 0x7f and of the tensor's s_dec only, and the 128
 // values are computed once per thread block instead of decode + IEEE reciprocal (~14 instructions) per block
-// scale. Entries are exactly nvfp4_block_scale's rcp (same expression).
+// scale. Entries are exactly nvfp4_block_scale's rcp (both call nvfp4_element_multiplier).
 struct Nvfp4ScaleTable {
   float rcp[128];
   float s_enc_over6;
@@ -183,7 +187,7 @@ __device__ __forceinline__ void nvfp4_build_scale_table(Nvfp4ScaleTable& tab, co
   if (threadIdx.x < 128) {
     const float s_enc = nvfp4_global_encode_scale(*global_amax);
     const float s_dec = __frcp_rn(s_enc);  // IEEE 1/x
-    tab.rcp[threadIdx.x] = fminf(__frcp_rn(__fmul_rn(fp8_to_float<0>(threadIdx.x), s_dec)), FLT_MAX);
+    tab.rcp[threadIdx.x] = nvfp4_element_multiplier(threadIdx.x, s_dec);
     if (threadIdx.x == 0) {
       tab.s_enc_over6 = __fmul_rn(s_enc, 1.0f / 6.0f);
       if (blockIdx.x == 0 && global_scale_inv != nullptr) *global_scale_inv = s_dec;
