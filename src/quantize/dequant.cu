@@ -9,6 +9,8 @@
 
 namespace tpcomm::quant {
 
+using ::tpcomm::detail::launch_kernel;
+
 namespace {
 using namespace detail;
 
@@ -34,11 +36,11 @@ void fp8_dequantize(const Fp8DequantizeParams& p, cudaStream_t stream) {
   const unsigned g = blocks_for(kp.nchunks);
   const bool f32 = p.output_dtype == DType::kFloat32;
   if (p.format == Fp8Format::kE4M3) {
-    if (f32) ::tpcomm::detail::launch_kernel(fp8_dequant_kernel<0, true>, g, kDequantThreads, 0, stream, kp);
-    else ::tpcomm::detail::launch_kernel(fp8_dequant_kernel<0, false>, g, kDequantThreads, 0, stream, kp);
+    if (f32) launch_kernel(fp8_dequant_kernel<0, true>, g, kDequantThreads, 0, stream, kp);
+    else launch_kernel(fp8_dequant_kernel<0, false>, g, kDequantThreads, 0, stream, kp);
   } else {
-    if (f32) ::tpcomm::detail::launch_kernel(fp8_dequant_kernel<1, true>, g, kDequantThreads, 0, stream, kp);
-    else ::tpcomm::detail::launch_kernel(fp8_dequant_kernel<1, false>, g, kDequantThreads, 0, stream, kp);
+    if (f32) launch_kernel(fp8_dequant_kernel<1, true>, g, kDequantThreads, 0, stream, kp);
+    else launch_kernel(fp8_dequant_kernel<1, false>, g, kDequantThreads, 0, stream, kp);
   }
   TPCOMM_CUDA_CHECK(cudaGetLastError());
 }
@@ -64,22 +66,22 @@ void mxfp8_dequantize(const Mxfp8DequantizeParams& p, cudaStream_t stream) {
     rp.out = p.output;
     const unsigned rg = window_grid(rp.nvec);
     if (p.format == Fp8Format::kE4M3) {
-      if (f32) ::tpcomm::detail::launch_kernel(mxfp8_rowwise_dequant_kernel<0, true>, rg, kWindowThreads, 0, stream, rp);
-      else ::tpcomm::detail::launch_kernel(mxfp8_rowwise_dequant_kernel<0, false>, rg, kWindowThreads, 0, stream, rp);
+      if (f32) launch_kernel(mxfp8_rowwise_dequant_kernel<0, true>, rg, kWindowThreads, 0, stream, rp);
+      else launch_kernel(mxfp8_rowwise_dequant_kernel<0, false>, rg, kWindowThreads, 0, stream, rp);
     } else {
-      if (f32) ::tpcomm::detail::launch_kernel(mxfp8_rowwise_dequant_kernel<1, true>, rg, kWindowThreads, 0, stream, rp);
-      else ::tpcomm::detail::launch_kernel(mxfp8_rowwise_dequant_kernel<1, false>, rg, kWindowThreads, 0, stream, rp);
+      if (f32) launch_kernel(mxfp8_rowwise_dequant_kernel<1, true>, rg, kWindowThreads, 0, stream, rp);
+      else launch_kernel(mxfp8_rowwise_dequant_kernel<1, false>, rg, kWindowThreads, 0, stream, rp);
     }
     TPCOMM_CUDA_CHECK(cudaGetLastError());
     return;
   }
   const unsigned g = blocks_for(kp.nchunks);
   if (p.format == Fp8Format::kE4M3) {
-    if (f32) ::tpcomm::detail::launch_kernel(mxfp8_dequant_kernel<0, true>, g, kDequantThreads, 0, stream, kp);
-    else ::tpcomm::detail::launch_kernel(mxfp8_dequant_kernel<0, false>, g, kDequantThreads, 0, stream, kp);
+    if (f32) launch_kernel(mxfp8_dequant_kernel<0, true>, g, kDequantThreads, 0, stream, kp);
+    else launch_kernel(mxfp8_dequant_kernel<0, false>, g, kDequantThreads, 0, stream, kp);
   } else {
-    if (f32) ::tpcomm::detail::launch_kernel(mxfp8_dequant_kernel<1, true>, g, kDequantThreads, 0, stream, kp);
-    else ::tpcomm::detail::launch_kernel(mxfp8_dequant_kernel<1, false>, g, kDequantThreads, 0, stream, kp);
+    if (f32) launch_kernel(mxfp8_dequant_kernel<1, true>, g, kDequantThreads, 0, stream, kp);
+    else launch_kernel(mxfp8_dequant_kernel<1, false>, g, kDequantThreads, 0, stream, kp);
   }
   TPCOMM_CUDA_CHECK(cudaGetLastError());
 }
@@ -96,8 +98,8 @@ void nvfp4_dequantize(const Nvfp4DequantizeParams& p, cudaStream_t stream) {
   kp.swizzled = p.scale_layout == ScaleLayout::kSwizzled128x4;
   kp.out = p.output;
   const unsigned g = window_grid(kp.nvec);
-  if (p.output_dtype == DType::kFloat32) ::tpcomm::detail::launch_kernel(nvfp4_dequant_kernel<true>, g, kWindowThreads, 0, stream, kp);
-  else ::tpcomm::detail::launch_kernel(nvfp4_dequant_kernel<false>, g, kWindowThreads, 0, stream, kp);
+  if (p.output_dtype == DType::kFloat32) launch_kernel(nvfp4_dequant_kernel<true>, g, kWindowThreads, 0, stream, kp);
+  else launch_kernel(nvfp4_dequant_kernel<false>, g, kWindowThreads, 0, stream, kp);
   TPCOMM_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -10,6 +10,8 @@
 
 namespace tpcomm::quant {
 
+using ::tpcomm::detail::launch_kernel;
+
 namespace {
 
 using namespace detail;
@@ -17,7 +19,7 @@ using namespace detail;
 // Zeroes n floats on the stream (zero_words_kernel: keeps the PDL chain).
 void launch_zero(float* p, int64_t n, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 1024));
-  ::tpcomm::detail::launch_kernel(zero_words_kernel, blocks, 256, 0, stream, reinterpret_cast<uint32_t*>(p), n);
+  launch_kernel(zero_words_kernel, blocks, 256, 0, stream, reinterpret_cast<uint32_t*>(p), n);
 }
 
 // Enqueues zero(amax_out) + the amax reduction. No allocation, no host synchronization.
@@ -27,8 +29,8 @@ void launch_amax(const void* input, int64_t count, float* amax_out, cudaStream_t
   if (nchunks == 0) return;
   const int64_t want = (nchunks + kAmaxThreads * kAmaxUnroll - 1) / (kAmaxThreads * kAmaxUnroll);
   const int blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(want, int64_t(sm_count()) * 4)));
-  ::tpcomm::detail::launch_kernel(amax_kernel, blocks, kAmaxThreads, 0, stream, reinterpret_cast<const uint4*>(input), nchunks,
-                                                    reinterpret_cast<uint32_t*>(amax_out));
+  launch_kernel(amax_kernel, blocks, kAmaxThreads, 0, stream, reinterpret_cast<const uint4*>(input), nchunks,
+                reinterpret_cast<uint32_t*>(amax_out));
   TPCOMM_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -47,7 +49,7 @@ struct TensorCast {
   static void run(const Fp8TensorParams& kp, cudaStream_t stream) {
     const int64_t per_block = int64_t(kCastThreads) * kCastChunksPerThread;
     const int64_t blocks = (kp.nchunks + per_block - 1) / per_block;
-    ::tpcomm::detail::launch_kernel(fp8_tensor_cast_kernel<kFmt>, static_cast<unsigned>(blocks), kCastThreads, 0, stream, kp);
+    launch_kernel(fp8_tensor_cast_kernel<kFmt>, static_cast<unsigned>(blocks), kCastThreads, 0, stream, kp);
   }
 };
 
@@ -59,9 +61,9 @@ struct Rowwise {
     if (nchunks <= 1024 * per_thread) {
       int threads = static_cast<int>((nchunks + per_thread - 1) / per_thread);
       threads = std::max(32, (threads + 31) / 32 * 32);
-      ::tpcomm::detail::launch_kernel(fp8_rowwise_kernel<kFmt, true>, static_cast<unsigned>(kp.rows), threads, 0, stream, kp);
+      launch_kernel(fp8_rowwise_kernel<kFmt, true>, static_cast<unsigned>(kp.rows), threads, 0, stream, kp);
     } else {
-      ::tpcomm::detail::launch_kernel(fp8_rowwise_kernel<kFmt, false>, static_cast<unsigned>(kp.rows), 1024, 0, stream, kp);
+      launch_kernel(fp8_rowwise_kernel<kFmt, false>, static_cast<unsigned>(kp.rows), 1024, 0, stream, kp);
     }
   }
 };
@@ -69,21 +71,21 @@ struct Rowwise {
 template <int kFmt>
 struct ColCast {
   static void run(const Fp8ColParams& kp, dim3 grid, cudaStream_t stream) {
-    ::tpcomm::detail::launch_kernel(fp8_colcast_kernel<kFmt>, grid, kColThreads, 0, stream, kp);
+    launch_kernel(fp8_colcast_kernel<kFmt>, grid, kColThreads, 0, stream, kp);
   }
 };
 
 template <int kFmt>
 struct Block1x128 {
   static void run(const Fp8BlockParams& kp, int64_t tiles, cudaStream_t stream) {
-    ::tpcomm::detail::launch_kernel(fp8_block1x128_kernel<kFmt>, static_cast<unsigned>(tiles), kTileThreads, 0, stream, kp);
+    launch_kernel(fp8_block1x128_kernel<kFmt>, static_cast<unsigned>(tiles), kTileThreads, 0, stream, kp);
   }
 };
 
 template <int kFmt>
 struct Block128x128 {
   static void run(const Fp8BlockParams& kp, int64_t tiles, cudaStream_t stream) {
-    ::tpcomm::detail::launch_kernel(fp8_block128x128_kernel<kFmt>, static_cast<unsigned>(tiles), kTileThreads, 0, stream, kp);
+    launch_kernel(fp8_block128x128_kernel<kFmt>, static_cast<unsigned>(tiles), kTileThreads, 0, stream, kp);
   }
 };
 
@@ -129,7 +131,7 @@ void fp8_quantize(const Fp8QuantizeParams& p, cudaStream_t stream) {
       Fp8ColParams kp{in, p.rows, p.cols, rows_per_block, out, reinterpret_cast<uint32_t*>(p.amax_out), p.scale_inv,
                       fmax, p.pow2_scales};
       const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(splits));
-      ::tpcomm::detail::launch_kernel(fp8_colamax_kernel, grid, kColThreads, 0, stream, kp);
+      launch_kernel(fp8_colamax_kernel, grid, kColThreads, 0, stream, kp);
       TPCOMM_CUDA_CHECK(cudaGetLastError());
       dispatch_fmt<ColCast>(p.format, kp, grid, stream);
       break;

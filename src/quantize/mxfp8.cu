@@ -10,6 +10,9 @@
 
 namespace tpcomm::quant {
 
+using ::tpcomm::detail::launch_kernel;
+using ::tpcomm::detail::launch_kernel_waves;
+
 namespace {
 
 using namespace detail;
@@ -24,7 +27,7 @@ void launch_one(const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream)
       return;
     }
   }
-  ::tpcomm::detail::launch_kernel_waves(mxfp8_quantize_kernel<kFmt, kRceil, kRow, kCol>, static_cast<unsigned>(tiles),
+  launch_kernel_waves(mxfp8_quantize_kernel<kFmt, kRceil, kRow, kCol>, static_cast<unsigned>(tiles),
                                         kTileThreads, 0, stream, kp);
 }
 
@@ -38,7 +41,7 @@ void launch_outputs(bool row, bool col, const Mxfp8KernelParams& kp, int64_t til
     rp.nvec = kp.experts * kp.rows * kp.cols / 8;
     rp.data = reinterpret_cast<uint2*>(kp.row_data);
     rp.scales = kp.row_scales;
-    ::tpcomm::detail::launch_kernel(mxfp8_rowwise_kernel<kFmt, kRceil>, window_grid(rp.nvec), kWindowThreads, 0, stream, rp);
+    launch_kernel(mxfp8_rowwise_kernel<kFmt, kRceil>, window_grid(rp.nvec), kWindowThreads, 0, stream, rp);
   } else if (row) launch_one<kFmt, kRceil, true, false>(kp, tiles, stream);
   else launch_one<kFmt, kRceil, false, true>(kp, tiles, stream);
 }

@@ -10,6 +10,8 @@
 
 namespace tpcomm::quant {
 
+using ::tpcomm::detail::launch_kernel;
+
 void nvfp4_quantize(const Nvfp4QuantizeParams& p, cudaStream_t stream) {
   using namespace detail;
   validate(p);
@@ -29,7 +31,7 @@ void nvfp4_quantize(const Nvfp4QuantizeParams& p, cudaStream_t stream) {
     rp.global_scale_inv = p.global_scale_inv;
     rp.reverse = p.global_amax_in == nullptr;
     rp.e2m1_m512 = 512;
-    ::tpcomm::detail::launch_kernel(nvfp4_rowwise_kernel, window_grid(rp.nvec), kWindowThreads, 0, stream, rp);
+    launch_kernel(nvfp4_rowwise_kernel, window_grid(rp.nvec), kWindowThreads, 0, stream, rp);
     TPCOMM_CUDA_CHECK(cudaGetLastError());
     return;
   }
@@ -47,8 +49,8 @@ void nvfp4_quantize(const Nvfp4QuantizeParams& p, cudaStream_t stream) {
   const int64_t tiles = kp.col_tiles * ((p.rows + kTileRows - 1) / kTileRows);
   const unsigned grid = static_cast<unsigned>(tiles);
   switch (p.block) {
-    case Nvfp4Block::k1x16: ::tpcomm::detail::launch_kernel(nvfp4_quantize_kernel<false>, grid, kTileThreads, 0, stream, kp); break;
-    case Nvfp4Block::k16x16: ::tpcomm::detail::launch_kernel(nvfp4_quantize_kernel<true>, grid, kTileThreads, 0, stream, kp); break;
+    case Nvfp4Block::k1x16: launch_kernel(nvfp4_quantize_kernel<false>, grid, kTileThreads, 0, stream, kp); break;
+    case Nvfp4Block::k16x16: launch_kernel(nvfp4_quantize_kernel<true>, grid, kTileThreads, 0, stream, kp); break;
   }
   TPCOMM_CUDA_CHECK(cudaGetLastError());
 }
