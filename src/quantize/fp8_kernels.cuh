@@ -290,7 +290,7 @@ __global__ void __launch_bounds__(kTileThreads) fp8_block1x128_kernel(const __gr
   const ThreadSlot s = thread_slot();
   const TileCoord t = tile_coord(blockIdx.x, p.col_tiles, (p.rows + kTileRows - 1) / kTileRows);
   uint4 x[kRowsPerThread];
-  load_tile(p.in, p.rows, p.cols, t, s, x);
+  load_tile<kRowsPerThread>(p.in, p.rows, p.cols, t, s, x);
   // Row amax over the 128 columns = the 16 lanes of a half-warp; lane c ends up with the amax of row c.
   uint32_t ra[kRowsPerThread];
 #pragma unroll
@@ -316,7 +316,7 @@ __global__ void __launch_bounds__(kTileThreads) fp8_block128x128_kernel(const __
   const ThreadSlot s = thread_slot();
   const TileCoord t = tile_coord(blockIdx.x, p.col_tiles, (p.rows + kTileRows - 1) / kTileRows);
   uint4 x[kRowsPerThread];
-  load_tile(p.in, p.rows, p.cols, t, s, x);
+  load_tile<kRowsPerThread>(p.in, p.rows, p.cols, t, s, x);
   uint32_t a = 0;
 #pragma unroll
   for (int i = 0; i < kRowsPerThread; ++i) a = max_u16x2(a, absmax8_packed(x[i]));

@@ -18,17 +18,32 @@ namespace {
 using namespace detail;
 
 // Rowwise + colwise: persistent kernel (TPCOMM_QUANT_ONE_TILE_PER_BLOCK=1: the one-tile-per-block kernel, for A/B
-// measurements); single outputs: one tile per block.
-template <int kFmt, bool kRceil, bool kRow, bool kCol>
-void launch_one(const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream) {
+// measurements); single outputs: one tile per block. Tile mapping (tile.cuh): kDefaultRows (below) unless
+// TPCOMM_QUANT_TILE_ROWS says otherwise.
+template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR>
+void launch_mapped(const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream) {
+  constexpr int kThreads = TileMap<kR>::kThreads;
   if constexpr (kRow && kCol) {
     if (!one_tile_per_block()) {
-      launch_persistent<mxfp8_quantize_persistent_kernel<kFmt, kRceil, kRow, kCol>>(kp, tiles, stream);
+      launch_persistent<mxfp8_quantize_persistent_kernel<kFmt, kRceil, kRow, kCol, kR>, kThreads>(kp, tiles, stream);
       return;
     }
   }
-  launch_kernel_waves(mxfp8_quantize_kernel<kFmt, kRceil, kRow, kCol>, static_cast<unsigned>(tiles),
-                                        kTileThreads, 0, stream, kp);
+  launch_kernel_waves(mxfp8_quantize_kernel<kFmt, kRceil, kRow, kCol, kR>, static_cast<unsigned>(tiles), kThreads,
+                      0, stream, kp);
+}
+
+// Default mapping: 8 rows x 256 threads for the kernels with colwise output. A/B in one device call
+// (nvidia-h200, bench/NOTES.md session 6): colwise 2-D +0.4..+7 points of copy, rowwise + colwise +0.7..+3,
+// 3-D colwise +0.2..+3.5 (most at E = 1..4), none slower by more than noise. Rowwise-only tiles (swizzled scales)
+// were not measured and keep the original 16-row mapping.
+template <bool kCol>
+constexpr int kDefaultRows = kCol ? 8 : 16;
+
+template <int kFmt, bool kRceil, bool kRow, bool kCol>
+void launch_one(const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream) {
+  if (tile_rows(kDefaultRows<kCol>) == 8) launch_mapped<kFmt, kRceil, kRow, kCol, 8>(kp, tiles, stream);
+  else launch_mapped<kFmt, kRceil, kRow, kCol, 16>(kp, tiles, stream);
 }
 
 template <int kFmt, bool kRceil>

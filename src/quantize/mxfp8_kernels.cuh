@@ -30,12 +30,13 @@ struct Mxfp8KernelParams {
   int64_t experts;
 };
 
-// One 128 x 128 tile whose bf16 the thread holds in x (tile.cuh layout).
+// One 128 x 128 tile whose bf16 the thread holds in x (tile.cuh layout, kR rows per thread).
 // kFmt: 0 = e4m3, 1 = e5m2. kRow / kCol: which outputs to produce.
-template <int kFmt, bool kRceil, bool kRow, bool kCol>
-__device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const TileCoord& t, uint4 (&x)[kRowsPerThread]) {
+template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR>
+__device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const TileCoord& t, uint4 (&x)[kR]) {
   constexpr int kEmax = kFmt == 0 ? 8 : 15;
-  const ThreadSlot s = thread_slot();
+  constexpr int kThreads = TileMap<kR>::kThreads;
+  const ThreadSlot s = thread_slot<kR>();
   const int64_t N = p.rows, K = p.cols;
   const int64_t col = t.k0 + 8 * s.c;
   const bool col_ok = col < K;
@@ -47,17 +48,17 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
   __shared__ uint32_t s_rowsc[kRow ? kTileRows : 1];
 
   if constexpr (kCol) {
-    // amax of each of the thread's 8 columns over its 16 rows, then over the other half of the 32-row group.
+    // amax of each of the thread's 8 columns over its kR rows, then over the rest of the 32-row group.
     uint32_t a[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) {
+    for (int i = 0; i < kR; ++i) {
       a[0] = max_u16x2(a[0], abs2(x[i].x));
       a[1] = max_u16x2(a[1], abs2(x[i].y));
       a[2] = max_u16x2(a[2], abs2(x[i].z));
       a[3] = max_u16x2(a[3], abs2(x[i].w));
     }
 #pragma unroll
-    for (int q = 0; q < 4; ++q) a[q] = max_u16x2(a[q], __shfl_xor_sync(kFullMask, a[q], 16));
+    for (int q = 0; q < 4; ++q) a[q] = group_rows_max_u16x2<kR>(a[q]);
 
     uint32_t code[8];
 #pragma unroll
@@ -65,25 +66,33 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
       const uint32_t a16 = (j & 1) ? (a[j >> 1] >> 16) : (a[j >> 1] & 0xffffu);
       code[j] = e8m0_code<kRceil>(a16, kEmax);
     }
-    const int phys = (2 * s.w + s.h) ^ (s.c & 7);
+    // The thread's kR bytes of column k = 8c + j are rows 32g + kR h ..: 16-byte chunk n/16 = (32g + kR h) / 16,
+    // and for kR = 8 the half (h & 1) of it. Swizzle (c & 7): for one j, the lanes of an instruction hit distinct
+    // chunks of their 128-byte rows (conflict-free: 16 B per lane for kR = 16, 8 B per lane in 2 wavefronts for 8).
+    const int chunk = kR == 16 ? 2 * s.g + s.h : 2 * s.g + (s.h >> 1);
+    const int phys = chunk ^ (s.c & 7);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const float m = e8m0_quant_multiplier(code[j]);
-      uint32_t o[4];
+      uint32_t o[kR / 4];
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
+      for (int q = 0; q < kR / 4; ++q) {
         const uint32_t lo = cvt2_fp8<kFmt>(__fmul_rn(bf16_elem(x[4 * q + 0], j), m),
                                            __fmul_rn(bf16_elem(x[4 * q + 1], j), m));
         const uint32_t hi = cvt2_fp8<kFmt>(__fmul_rn(bf16_elem(x[4 * q + 2], j), m),
                                            __fmul_rn(bf16_elem(x[4 * q + 3], j), m));
         o[q] = lo | (hi << 16);
       }
-      s_col[(8 * s.c + j) * 8 + phys] = make_uint4(o[0], o[1], o[2], o[3]);
+      if constexpr (kR == 16) {
+        s_col[(8 * s.c + j) * 8 + phys] = make_uint4(o[0], o[1], o[2], o[3]);
+      } else {
+        reinterpret_cast<uint2*>(s_col)[((8 * s.c + j) * 8 + phys) * 2 + (s.h & 1)] = make_uint2(o[0], o[1]);
+      }
     }
     if (!p.swizzled) {
-      // Linear scales (E, N/32, K): 8 consecutive bytes per thread, 128 contiguous bytes per half-warp.
-      if (s.h == 0 && col_ok && t.n0 + 32 * s.w < N) {
-        const int64_t g = t.e * (N / 32) + t.n0 / 32 + s.w;
+      // Linear scales (E, N/32, K): 8 consecutive bytes per thread, 64 or 128 contiguous bytes per warp.
+      if (s.h == 0 && col_ok && t.n0 + 32 * s.g < N) {
+        const int64_t g = t.e * (N / 32) + t.n0 / 32 + s.g;
         uint2 v;
         v.x = code[0] | (code[1] << 8) | (code[2] << 16) | (code[3] << 24);
         v.y = code[4] | (code[5] << 8) | (code[6] << 16) | (code[7] << 24);
@@ -93,26 +102,28 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
       // Rows/columns outside the tensor were loaded as zeros and get code 0, which is also the padding value.
       uint8_t* b = reinterpret_cast<uint8_t*>(s_colsc);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) b[(8 * s.c + j) * 4 + s.w] = static_cast<uint8_t>(code[j]);
+      for (int j = 0; j < 8; ++j) b[(8 * s.c + j) * 4 + s.g] = static_cast<uint8_t>(code[j]);
     }
   }
 
   if constexpr (kRow) {
     // Row amax over 32 columns = 4 adjacent lanes; after the transpose-reduction lane q (= lane & 3) holds the
-    // amax of rows (q>>1)*8 + (q&1)*4 + j, j = 0..3.
-    uint32_t ra[kRowsPerThread];
+    // amax of the kR/4 rows transpose_reduce_row<kR, 4>(q, j), j < kR/4: row i of the thread is in lane
+    // q = 2 ((i / (kR/2)) & 1) + ((i / (kR/4)) & 1), slot i % (kR/4).
+    constexpr int kPer = kR / 4;
+    uint32_t ra[kR];
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) ra[i] = fold16(absmax8_packed(x[i]));
-    transpose_reduce_max<kRowsPerThread, 4>(ra, s.lane);
+    for (int i = 0; i < kR; ++i) ra[i] = fold16(absmax8_packed(x[i]));
+    transpose_reduce_max<kR, 4>(ra, s.lane);
     const int q = s.lane & 3;
     uint32_t mine = 0;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) mine |= e8m0_code<kRceil>(ra[j], kEmax) << (8 * j);
+    for (int j = 0; j < kPer; ++j) mine |= e8m0_code<kRceil>(ra[j], kEmax) << (8 * j);
     {
       uint8_t* b = reinterpret_cast<uint8_t*>(s_rowsc);
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int r = s.rl0 + transpose_reduce_row<kRowsPerThread, 4>(q, j);
+      for (int j = 0; j < kPer; ++j) {
+        const int r = s.rl0 + transpose_reduce_row<kR, 4>(q, j);
         b[r * 4 + (s.c >> 2)] = static_cast<uint8_t>(mine >> (8 * j));
       }
     }
@@ -121,9 +132,9 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
     for (int src = 0; src < 4; ++src) codes[src] = __shfl_sync(kFullMask, mine, (s.lane & ~3) | src);
     uint8_t* out = p.row_data + (t.e * N + t.n0 + s.rl0) * K + col;
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) {
-      const int src = (((i >> 3) & 1) << 1) | ((i >> 2) & 1);
-      const uint32_t c = (codes[src] >> (8 * (i & 3))) & 0xffu;
+    for (int i = 0; i < kR; ++i) {
+      const int src = (((i / (kR / 2)) & 1) << 1) | ((i / kPer) & 1);
+      const uint32_t c = (codes[src] >> (8 * (i % kPer))) & 0xffu;
       const uint2 v = quant8_fp8<kFmt>(x[i], e8m0_quant_multiplier(c));
       if (col_ok && t.n0 + s.rl0 + i < N) *reinterpret_cast<uint2*>(out + i * K) = v;
     }
@@ -136,14 +147,14 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
     const int cc = tid & 7;
     uint8_t* base = p.col_data + t.e * N * K;
 #pragma unroll
-    for (int pass = 0; pass < kTileCols / 16; ++pass) {
-      const int kl = pass * 16 + (tid >> 3);
+    for (int pass = 0; pass < kTileCols * 8 / kThreads; ++pass) {
+      const int kl = pass * (kThreads / 8) + (tid >> 3);
       const uint4 v = s_col[kl * 8 + (cc ^ ((kl >> 3) & 7))];
       const int64_t k = t.k0 + kl;
       const int64_t n = t.n0 + 16 * cc;
       if (k < K && n < N) *reinterpret_cast<uint4*>(base + k * N + n) = v;
     }
-    if (p.swizzled) {
+    if (p.swizzled && (kThreads == kTileCols || tid < kTileCols)) {
       // Per expert: transposed scale matrix [K rows][N/32 cols], padded to [roundup(K,128)][roundup(N/32,4)].
       const int64_t k = t.k0 + tid;
       const int64_t kp = (K + 127) / 128 * 128;
@@ -156,55 +167,65 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
     }
   }
   if constexpr (kRow) {
-    const int64_t n = t.n0 + tid;
-    const int64_t gk = K / 32;
-    const int64_t kg0 = t.k0 / 32;
-    const uint32_t v = s_rowsc[tid];
-    if (p.swizzled) {
-      const int64_t np = (N + 127) / 128 * 128;
-      const int64_t gtiles = (gk + 3) / 4;
-      if (n < np && kg0 < gtiles * 4) {
-        const int64_t off = t.e * np * gtiles * 4 + swz_offset(n, kg0, gtiles);
-        *reinterpret_cast<uint32_t*>(p.row_scales + off) = v;
-      }
-    } else if (n < N) {
-      uint8_t* dst = p.row_scales + (t.e * N + n) * gk + kg0;
-      if ((gk & 3) == 0) {
-        if (kg0 < gk) *reinterpret_cast<uint32_t*>(dst) = v;
-      } else {
+    if (kThreads == kTileRows || tid < kTileRows) {
+      const int64_t n = t.n0 + tid;
+      const int64_t gk = K / 32;
+      const int64_t kg0 = t.k0 / 32;
+      const uint32_t v = s_rowsc[tid];
+      if (p.swizzled) {
+        const int64_t np = (N + 127) / 128 * 128;
+        const int64_t gtiles = (gk + 3) / 4;
+        if (n < np && kg0 < gtiles * 4) {
+          const int64_t off = t.e * np * gtiles * 4 + swz_offset(n, kg0, gtiles);
+          *reinterpret_cast<uint32_t*>(p.row_scales + off) = v;
+        }
+      } else if (n < N) {
+        uint8_t* dst = p.row_scales + (t.e * N + n) * gk + kg0;
+        if ((gk & 3) == 0) {
+          if (kg0 < gk) *reinterpret_cast<uint32_t*>(dst) = v;
+        } else {
 #pragma unroll
-        for (int g = 0; g < 4; ++g)
-          if (kg0 + g < gk) dst[g] = static_cast<uint8_t>(v >> (8 * g));
+          for (int g = 0; g < 4; ++g)
+            if (kg0 + g < gk) dst[g] = static_cast<uint8_t>(v >> (8 * g));
+        }
       }
     }
   }
 }
 
-// One tile per block (grid = tiles). Rowwise + colwise holds the tile and both outputs in registers: sized for 2
-// blocks per SM (230 registers, no spills; at 3 blocks it spilled).
-template <int kFmt, bool kRceil, bool kRow, bool kCol>
-__global__ void __launch_bounds__(kTileThreads, (kRow && kCol) ? 2 : 5)
+// Resident blocks per SM each kernel is compiled for (__launch_bounds__), i.e. its register cap:
+// kR = 16: rowwise + colwise holds the tile and both outputs in registers: 2 blocks (230 registers, no spills;
+// at 3 blocks it spilled); one output: 5 blocks (<= 102 registers). kR = 8 (256 threads): 2 blocks for
+// both outputs (<= 128 registers), 4 for one (<= 64).
+template <bool kBoth, int kR>
+constexpr int mxfp8_min_blocks() {
+  return kR == 16 ? (kBoth ? 2 : 5) : (kBoth ? 2 : 4);
+}
+
+// One tile per block (grid = tiles).
+template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR>
+__global__ void __launch_bounds__(TileMap<kR>::kThreads, (mxfp8_min_blocks<kRow && kCol, kR>()))
     mxfp8_quantize_kernel(const __grid_constant__ Mxfp8KernelParams p) {
   ::tpcomm::detail::pdl_prologue();
   const TileCoord t = tile_coord(blockIdx.x, p.col_tiles, p.tiles_per_expert);
-  uint4 x[kRowsPerThread];
-  load_tile(p.in + t.e * p.rows * p.cols, p.rows, p.cols, t, thread_slot(), x);
-  mxfp8_tile<kFmt, kRceil, kRow, kCol>(p, t, x);
+  uint4 x[kR];
+  load_tile<kR>(p.in + t.e * p.rows * p.cols, p.rows, p.cols, t, thread_slot<kR>(), x);
+  mxfp8_tile<kFmt, kRceil, kRow, kCol, kR>(p, t, x);
 }
 
 // Persistent and pipelined (tile.cuh), dynamic shared memory kStageBytes plus the 18 KiB static transpose buffer of
 // mxfp8_tile; used for rowwise + colwise only (bench/NOTES.md: it lost for the single-output kernels). 2 blocks per
-// SM: 249 registers, no spills (a 3-block build spilled 224 bytes and ran at 54% of copy). Session 5: the colwise
-// data goes through the shared-memory transpose (full 128-byte line stores) instead of straight from registers
-// (32-byte segments): 72 -> 78-80% of copy with linear scales (bench/NOTES.md).
-template <int kFmt, bool kRceil, bool kRow, bool kCol>
-__global__ void __launch_bounds__(kTileThreads, 2)
+// SM: 249 registers for kR = 16, no spills (a 3-block build spilled 224 bytes and ran at 54% of copy). Session 5:
+// the colwise data goes through the shared-memory transpose (full 128-byte line stores) instead of straight from
+// registers (32-byte segments): 72 -> 78-80% of copy with linear scales (bench/NOTES.md).
+template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR>
+__global__ void __launch_bounds__(TileMap<kR>::kThreads, 2)
     mxfp8_quantize_persistent_kernel(const __grid_constant__ Mxfp8KernelParams p) {
   ::tpcomm::detail::pdl_prologue();
-  for_each_tile_pipelined(p.in, p.rows, p.cols, p.col_tiles, p.tiles_per_expert, p.tiles,
-                          [&](int64_t, const TileCoord& t, uint4(&x)[kRowsPerThread]) {
-                            mxfp8_tile<kFmt, kRceil, kRow, kCol>(p, t, x);
-                          });
+  for_each_tile_pipelined<kR>(p.in, p.rows, p.cols, p.col_tiles, p.tiles_per_expert, p.tiles,
+                              [&](int64_t, const TileCoord& t, uint4(&x)[kR]) {
+                                mxfp8_tile<kFmt, kRceil, kRow, kCol, kR>(p, t, x);
+                              });
 }
 
 // ---- Rowwise only, linear scales: elementwise kernel ---------------------------------------------------------------

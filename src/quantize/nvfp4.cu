@@ -5,6 +5,7 @@
 #include "common/check.h"
 #include "common/pdl.h"
 #include "quantize/nvfp4_kernels.cuh"
+#include "quantize/tile_launch.h"
 #include "quantize/validate.h"
 #include "tpcomm/quantize.h"
 
@@ -48,9 +49,24 @@ void nvfp4_quantize(const Nvfp4QuantizeParams& p, cudaStream_t stream) {
   kp.e2m1_m512 = 512;
   const int64_t tiles = kp.col_tiles * ((p.rows + kTileRows - 1) / kTileRows);
   const unsigned grid = static_cast<unsigned>(tiles);
+  // Tile mapping (tile.cuh), unless TPCOMM_QUANT_TILE_ROWS says otherwise: 8 rows x 256 threads when the grid
+  // fits in one wave of the 16-row kernel, else 16 rows x 128 threads. A/B in one device call (nvidia-h200,
+  // bench/NOTES.md session 6), 16x16: 2048x5120 (640 tiles, one wave) 56.4 -> 59.7% of copy with 8 rows; the
+  // large shapes lose 1-1.6 points with 8 rows. In one wave a block's latency chain (load, convert, store) is the
+  // kernel time, and 8 rows per thread halves it.
+  const bool one_wave = ::tpcomm::detail::fits_one_wave(
+      reinterpret_cast<const void*>(nvfp4_quantize_kernel<true, 16>), tiles, TileMap<16>::kThreads, 0);
+  const bool r8 = tile_rows(one_wave ? 8 : 16) == 8;
+  const unsigned threads = static_cast<unsigned>(r8 ? TileMap<8>::kThreads : TileMap<16>::kThreads);
   switch (p.block) {
-    case Nvfp4Block::k1x16: launch_kernel(nvfp4_quantize_kernel<false>, grid, kTileThreads, 0, stream, kp); break;
-    case Nvfp4Block::k16x16: launch_kernel(nvfp4_quantize_kernel<true>, grid, kTileThreads, 0, stream, kp); break;
+    case Nvfp4Block::k1x16:
+      if (r8) launch_kernel(nvfp4_quantize_kernel<false, 8>, grid, threads, 0, stream, kp);
+      else launch_kernel(nvfp4_quantize_kernel<false, 16>, grid, threads, 0, stream, kp);
+      break;
+    case Nvfp4Block::k16x16:
+      if (r8) launch_kernel(nvfp4_quantize_kernel<true, 8>, grid, threads, 0, stream, kp);
+      else launch_kernel(nvfp4_quantize_kernel<true, 16>, grid, threads, 0, stream, kp);
+      break;
   }
   TPCOMM_CUDA_CHECK(cudaGetLastError());
 }

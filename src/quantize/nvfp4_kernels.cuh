@@ -1,5 +1,6 @@
 // NVFP4 quantization (e2m1 elements, e4m3 block scales, fp32 global scale) on the 128 x 128 tile of tile.cuh.
-// 1x16: a block is 2 adjacent lanes of one row; 16x16: a block is one thread's 16 rows x 2 adjacent lanes.
+// 1x16: a block is 2 adjacent lanes of one row; 16x16: a block is 2 adjacent lanes x the 16 rows of one thread
+// (kR = 16) or of two threads (kR = 8: lanes l and l ^ 8).
 #pragma once
 
 #include <cstdint>
@@ -23,15 +24,18 @@ struct Nvfp4KernelParams {
   uint32_t e2m1_m512;  // 512, from the host (quant8_e2m1)
 };
 
-template <bool k16x16>
-__global__ void __launch_bounds__(kTileThreads, 5) nvfp4_quantize_kernel(const __grid_constant__ Nvfp4KernelParams p) {
+// Register caps (__launch_bounds__ minimum blocks): kR = 16: 5 blocks of 128 threads (<= 102 registers, 96 used);
+// kR = 8: 4 blocks of 256 (<= 64).
+template <bool k16x16, int kR>
+__global__ void __launch_bounds__(TileMap<kR>::kThreads, kR == 16 ? 5 : 4)
+    nvfp4_quantize_kernel(const __grid_constant__ Nvfp4KernelParams p) {
   ::tpcomm::detail::pdl_prologue();
-  const ThreadSlot s = thread_slot();
+  const ThreadSlot s = thread_slot<kR>();
   const TileCoord t = tile_coord(blockIdx.x, p.col_tiles, (p.rows + kTileRows - 1) / kTileRows);
   const int64_t N = p.rows, K = p.cols;
 
-  uint4 x[kRowsPerThread];
-  load_tile(p.in, N, K, t, s, x);
+  uint4 x[kR];
+  load_tile<kR>(p.in, N, K, t, s, x);
 
   const float s_enc = nvfp4_global_encode_scale(*p.global_amax);
   const float s_dec = __frcp_rn(s_enc);  // IEEE 1/x
@@ -51,36 +55,40 @@ __global__ void __launch_bounds__(kTileThreads, 5) nvfp4_quantize_kernel(const _
   };
 
   if constexpr (!k16x16) {
-    // After the xor-1 transpose-reduction lane parity b holds the amax of rows 8b + j, j = 0..7; the element
-    // multiplier of row j (8 + j) is then this lane's (the partner's) value for b = 0 and the other way round.
-    uint32_t ra[kRowsPerThread];
+    // After the xor-1 transpose-reduction lane parity b holds the amax of rows (kR/2) b + j, j < kR/2; the element
+    // multiplier of row j (kR/2 + j) is then this lane's (the partner's) value for b = 0 and the other way round.
+    constexpr int kHalf = kR / 2;
+    uint32_t ra[kR];
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) ra[i] = fold16(absmax8_packed(x[i]));
-    transpose_reduce_max<kRowsPerThread, 2>(ra, s.lane);
+    for (int i = 0; i < kR; ++i) ra[i] = fold16(absmax8_packed(x[i]));
+    transpose_reduce_max<kR, 2>(ra, s.lane);
     const int b = s.lane & 1;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
+    for (int j = 0; j < kHalf; ++j) {
       const Nvfp4BlockScale bs = nvfp4_block_scale(amax16_to_float(ra[j]), s_enc_over6, s_dec);
-      sc_bytes[(s.rl0 + 8 * b + j) * 8 + blk] = static_cast<uint8_t>(bs.code);
+      sc_bytes[(s.rl0 + kHalf * b + j) * 8 + blk] = static_cast<uint8_t>(bs.code);
       const float other = __shfl_xor_sync(kFullMask, bs.rcp, 1);
       store_row(j, b == 0 ? bs.rcp : other);
-      store_row(8 + j, b == 0 ? other : bs.rcp);
+      store_row(kHalf + j, b == 0 ? other : bs.rcp);
     }
   } else {
     uint32_t a = 0;
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) a = max_u16x2(a, absmax8_packed(x[i]));
+    for (int i = 0; i < kR; ++i) a = max_u16x2(a, absmax8_packed(x[i]));
     uint32_t a16 = fold16(a);
     a16 = max(a16, __shfl_xor_sync(kFullMask, a16, 1));
+    // kR = 8: the other 8 rows of the 16-row block are in lane ^ 8 (h ^ 1: rows 32g + 8h, h = lane / 8).
+    if constexpr (kR == 8) a16 = max(a16, __shfl_xor_sync(kFullMask, a16, 8));
     const Nvfp4BlockScale bs = nvfp4_block_scale(amax16_to_float(a16), s_enc_over6, s_dec);
     if ((s.lane & 1) == 0) {
 #pragma unroll
-      for (int i = 0; i < kRowsPerThread; ++i) sc_bytes[(s.rl0 + i) * 8 + blk] = static_cast<uint8_t>(bs.code);
+      for (int i = 0; i < kR; ++i) sc_bytes[(s.rl0 + i) * 8 + blk] = static_cast<uint8_t>(bs.code);
     }
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) store_row(i, bs.rcp);
+    for (int i = 0; i < kR; ++i) store_row(i, bs.rcp);
   }
   __syncthreads();
+  if (TileMap<kR>::kThreads > kTileRows && threadIdx.x >= kTileRows) return;  // kR = 8: 128 scale rows
 
   // Scales of row n0 + tid: 8 blocks = 2 words of 4 bytes. Rows/columns outside the tensor hold code 0 (their
   // inputs were loaded as zeros), which is also the swizzled layout's padding value.

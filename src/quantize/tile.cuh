@@ -1,13 +1,17 @@
 // The 128 x 128 tile every block-scaled quantization kernel works on (MXFP8, NVFP4, FP8 1x128 / 128x128).
 //
-// A block of 128 threads (4 warps) owns rows [n0, n0+128) x columns [k0, k0+128) of one (rows x cols) bf16
-// matrix (one expert of a 3-D tensor). Thread (warp w, lane l) owns the 8 columns k0 + 8c (c = l % 16, one
-// 16-byte vector) of the 16 rows n0 + 32w + 16h + i (h = l / 16, i = 0..15):
-//   * a warp's load instruction reads 2 rows x 256 contiguous bytes (fully coalesced), and all 16 loads of a
-//     thread are issued before the first use (16 x 16 B in flight per thread);
-//   * a 32-row group (MXFP8 colwise block) is one warp: 16 rows in-thread plus one shuffle (xor 16);
-//   * a 16-row group (NVFP4 16x16 block) is one thread;
-//   * 1xG row blocks (G = 16, 32, 128) are G/8 adjacent lanes (transpose-reduced, quant_common.cuh).
+// A block owns rows [n0, n0+128) x columns [k0, k0+128) of one (rows x cols) bf16 matrix (one expert of a 3-D
+// tensor). Every thread holds one 16-byte column chunk (8 columns, k0 + 8c) of kR consecutive rows; a warp covers
+// one 32-row group. Two mappings (TileMap<kR>):
+//   * kR = 16, 128 threads (4 warps): warp w = row group w, lane l: c = l % 16, rows 32w + 16(l / 16) + i.
+//     A warp's load instruction reads 2 rows x 256 contiguous bytes; a 16-row group (NVFP4 16x16) is one thread.
+//   * kR = 8, 256 threads (8 warps): warp w = row group w % 4 and column half w / 4, lane l: c = 8(w / 4) + l % 8,
+//     rows 32(w % 4) + 8(l / 8) + i. A load instruction reads 4 rows x 128 contiguous bytes. Half the registers
+//     per thread for the tile, twice the warps per tile: the form for the kernels whose register count kept
+//     occupancy low (bench/NOTES.md, session 6).
+// In both: all kR loads of a thread are issued before the first use; a 32-row group (MXFP8 colwise block) is
+// one warp (kR rows in-thread plus shuffles across the lanes stacked along rows); 1xG row blocks (G = 16, 32; and
+// 128 for kR = 16) are G/8 adjacent lanes (transpose-reduced, quant_common.cuh).
 // Tiles are numbered over all experts at once (no per-expert launch or descriptor): tile t covers column tile
 // t % col_tiles of row tile t / col_tiles, and row tiles never straddle an expert (tiles_per_expert =
 // ceil(rows/128)), so E = 1 and E = 128 run the same code with the same efficiency.
@@ -21,7 +25,18 @@ namespace tpcomm::quant::detail {
 
 constexpr int kTileRows = 128;
 constexpr int kTileCols = 128;
-constexpr int kTileThreads = 128;
+
+template <int kR>
+struct TileMap {
+  static_assert(kR == 16 || kR == 8, "rows per thread: 16 or 8");
+  static constexpr int kRows = kR;                                   // rows per thread
+  static constexpr int kThreads = kTileRows * kTileCols / (8 * kR);  // 128 or 256
+  static constexpr int kLaneCols = kR;  // lanes of a warp along the columns (16 B each): 16 (256 B) or 8 (128 B)
+  static constexpr int kStageBytes = kR * kThreads * 16;              // the tile: 32 KiB
+};
+
+// The original mapping's names, for the kernels that only use it (FP8 1x128 needs 16 lanes per row).
+constexpr int kTileThreads = TileMap<16>::kThreads;
 constexpr int kRowsPerThread = 16;
 
 struct TileCoord {
@@ -45,32 +60,49 @@ __device__ __forceinline__ TileCoord tile_coord(int64_t tile, int64_t col_tiles,
 }
 
 struct ThreadSlot {
-  int w;     // warp = 32-row group of the tile
+  int g;     // 32-row group of the tile (= the warp for kR = 16)
   int lane;
   int c;     // 16-byte column chunk 0..15
-  int h;     // half of the 32-row group
-  int rl0;   // first tile-local row of the thread: 32w + 16h
+  int h;     // position of the thread's kR rows inside the 32-row group: 0..32/kR-1
+  int rl0;   // first tile-local row of the thread: 32g + kR h
 };
 
+template <int kR = 16>
 __device__ __forceinline__ ThreadSlot thread_slot() {
   ThreadSlot s;
-  s.w = static_cast<int>(threadIdx.x) >> 5;
+  const int w = static_cast<int>(threadIdx.x) >> 5;
   s.lane = static_cast<int>(threadIdx.x) & 31;
-  s.c = s.lane & 15;
-  s.h = s.lane >> 4;
-  s.rl0 = s.w * 32 + s.h * 16;
+  if constexpr (kR == 16) {
+    s.g = w;
+    s.c = s.lane & 15;
+    s.h = s.lane >> 4;
+  } else {
+    s.g = w & 3;
+    s.c = 8 * (w >> 2) + (s.lane & 7);
+    s.h = s.lane >> 3;
+  }
+  s.rl0 = s.g * 32 + s.h * kR;
   return s;
 }
 
-// Loads the thread's 16 x 8 bf16 (rows outside [0, rows) or columns outside [0, cols) read as +0).
+// Max over the lanes of a 32-row group that hold the same columns (lane bits >= log2(kLaneCols)).
+template <int kR>
+__device__ __forceinline__ uint32_t group_rows_max_u16x2(uint32_t v) {
+#pragma unroll
+  for (int m = TileMap<kR>::kLaneCols; m < 32; m <<= 1) v = max_u16x2(v, __shfl_xor_sync(kFullMask, v, m));
+  return v;
+}
+
+// Loads the thread's kR x 8 bf16 (rows outside [0, rows) or columns outside [0, cols) read as +0).
 // `in` points at the (rows x cols) matrix of the tile's expert; cols % 8 == 0.
+template <int kR>
 __device__ __forceinline__ void load_tile(const uint16_t* __restrict__ in, int64_t rows, int64_t cols,
-                                          const TileCoord& t, const ThreadSlot& s, uint4 (&x)[kRowsPerThread]) {
+                                          const TileCoord& t, const ThreadSlot& s, uint4 (&x)[kR]) {
   const int64_t col = t.k0 + 8 * s.c;
   const bool col_ok = col < cols;
   const int64_t r0 = t.n0 + s.rl0;
 #pragma unroll
-  for (int i = 0; i < kRowsPerThread; ++i) {
+  for (int i = 0; i < kR; ++i) {
     if (col_ok && r0 + i < rows) {
       x[i] = ld_stream(in + (r0 + i) * cols + col);
     } else {
@@ -86,13 +118,14 @@ __device__ __forceinline__ void load_tile(const uint16_t* __restrict__ in, int64
 // registers, issues the cp.async loads of tile i + gridDim.x into the same shared stage, so the next tile's HBM
 // reads overlap this tile's conversion and stores.
 //
-// The stage is thread-private: thread tid's chunk i lives at stage[i * kTileThreads + tid] (a warp reads 512
+// The stage is thread-private: thread tid's chunk i lives at stage[i * threads + tid] (a warp reads 512
 // contiguous bytes per instruction: conflict-free) and only that thread writes (cp.async) and reads it, so the
 // stage needs no barrier; cp.async.wait_group 0 makes the thread's own copies visible to it. Write-after-read (the
 // next cp.async overwrites what this thread just read): the shared-memory address of the next copies is made to
 // depend on every register just loaded (an XOR of them, masked with a zero the compiler cannot see), so the copies
 // cannot be issued before all of those shared loads have returned.
-constexpr int kStageBytes = kRowsPerThread * kTileThreads * 16;  // 32 KiB per block
+constexpr int kStageBytes = TileMap<16>::kStageBytes;  // 32 KiB per block, either mapping
+static_assert(TileMap<8>::kStageBytes == kStageBytes);
 
 // 16-byte cp.async (L1 bypass) with zero fill: `bytes` is 16 or 0 (0 writes 16 zero bytes and reads nothing).
 // No L2 cache-policy operand: with `.L2::cache_hint` (an evict-first policy from createpolicy) and the 249-register
@@ -109,31 +142,32 @@ __device__ __forceinline__ uint32_t opaque_zero() {
   return v >> 20;
 }
 
-// Issues the thread's 16 chunks of tile t into its stage slots (out-of-range rows/columns read as +0, like
+// Issues the thread's kR chunks of tile t into its stage slots (out-of-range rows/columns read as +0, like
 // load_tile) and commits them as one group. `in` points at the tile's expert.
+template <int kR>
 __device__ __forceinline__ void prefetch_tile(const uint16_t* __restrict__ in, int64_t rows, int64_t cols,
                                               const TileCoord& t, const ThreadSlot& s, uint32_t slot_saddr) {
   const int64_t col = t.k0 + 8 * s.c;
   const bool col_ok = col < cols;
   const int64_t r0 = t.n0 + s.rl0;
 #pragma unroll
-  for (int i = 0; i < kRowsPerThread; ++i) {
+  for (int i = 0; i < kR; ++i) {
     const bool ok = col_ok && r0 + i < rows;
-    cp_async16(slot_saddr + static_cast<uint32_t>(i * kTileThreads * 16), ok ? in + (r0 + i) * cols + col : in,
-               ok ? 16u : 0u);
+    cp_async16(slot_saddr + static_cast<uint32_t>(i * TileMap<kR>::kThreads * 16),
+               ok ? in + (r0 + i) * cols + col : in, ok ? 16u : 0u);
   }
   asm volatile("cp.async.commit_group;" ::: "memory");
 }
 
-// The persistent loop over the tiles of an (experts, rows, cols) input; body(tile, t, x) gets the tile's 16 x 8
+// The persistent loop over the tiles of an (experts, rows, cols) input; body(tile, t, x) gets the tile's kR x 8
 // bf16 of this thread in registers (as load_tile gives them) and may use __syncthreads(); the loop adds one barrier
 // between tiles so that a body's shared buffers can be reused.
-template <class Body>
+template <int kR, class Body>
 __device__ __forceinline__ void for_each_tile_pipelined(const uint16_t* __restrict__ in, int64_t rows, int64_t cols,
                                                         int64_t col_tiles, int64_t tiles_per_expert, int64_t ntiles,
                                                         Body&& body) {
   extern __shared__ __align__(16) uint4 tile_stage[];
-  const ThreadSlot s = thread_slot();
+  const ThreadSlot s = thread_slot<kR>();
   const uint32_t slot = static_cast<uint32_t>(__cvta_generic_to_shared(tile_stage)) + threadIdx.x * 16u;
   const uint32_t zero = opaque_zero();
   const int64_t per_expert = rows * cols;
@@ -141,22 +175,22 @@ __device__ __forceinline__ void for_each_tile_pipelined(const uint16_t* __restri
   if (tile >= ntiles) return;
   {
     const TileCoord t = tile_coord(tile, col_tiles, tiles_per_expert);
-    prefetch_tile(in + t.e * per_expert, rows, cols, t, s, slot);
+    prefetch_tile<kR>(in + t.e * per_expert, rows, cols, t, s, slot);
   }
   for (bool first = true; tile < ntiles; tile += gridDim.x, first = false) {
     if (!first) __syncthreads();
-    uint4 x[kRowsPerThread];
+    uint4 x[kR];
     asm volatile("cp.async.wait_group 0;" ::: "memory");
     uint32_t dep = 0;
 #pragma unroll
-    for (int i = 0; i < kRowsPerThread; ++i) {
-      x[i] = tile_stage[i * kTileThreads + threadIdx.x];
+    for (int i = 0; i < kR; ++i) {
+      x[i] = tile_stage[i * TileMap<kR>::kThreads + threadIdx.x];
       dep ^= x[i].x;
     }
     const int64_t next = tile + gridDim.x;
     if (next < ntiles) {
       const TileCoord tn = tile_coord(next, col_tiles, tiles_per_expert);
-      prefetch_tile(in + tn.e * per_expert, rows, cols, tn, s, slot + (dep & zero));
+      prefetch_tile<kR>(in + tn.e * per_expert, rows, cols, tn, s, slot + (dep & zero));
     }
     body(tile, tile_coord(tile, col_tiles, tiles_per_expert), x);
   }

@@ -6,9 +6,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <string>
 
 #include "common/check.h"
 #include "common/pdl.h"
+#include "tpcomm/error.h"
 #include "quantize/tile.cuh"
 #include "quantize/validate.h"
 
@@ -24,24 +26,44 @@ inline bool one_tile_per_block() {
   return v;
 }
 
-// Resident blocks per SM of a persistent tile kernel with its kStageBytes of dynamic shared memory (computed once
-// per kernel; the opt-in is needed because static + dynamic shared memory can exceed 48 KiB).
-template <auto Kernel>
+// Measurement switch (A/B in bench/NOTES.md, session 6): TPCOMM_QUANT_TILE_ROWS=16 or 8 launches the kernels
+// that exist in both tile mappings (tile.cuh: 16 rows x 128 threads, 8 rows x 256 threads) in that mapping;
+// unset, each launcher uses its measured default. Read once; any other value is an error.
+inline int tile_rows_override() {
+  static const int v = [] {
+    const char* e = std::getenv("TPCOMM_QUANT_TILE_ROWS");
+    if (e == nullptr || e[0] == '\0') return 0;
+    const std::string s(e);
+    if (s == "16") return 16;
+    if (s == "8") return 8;
+    throw Error(ErrorCode::kInvalidArgument, "TPCOMM_QUANT_TILE_ROWS: '" + s + "' is not 8 or 16");
+  }();
+  return v;
+}
+inline int tile_rows(int default_rows) {
+  const int o = tile_rows_override();
+  return o != 0 ? o : default_rows;
+}
+
+// Resident blocks per SM of a persistent tile kernel of kThreads threads with its kStageBytes of dynamic shared
+// memory (computed once per kernel; the opt-in is needed because static + dynamic shared memory can exceed 48 KiB).
+template <auto Kernel, int kThreads>
 int persistent_blocks_per_sm() {
   static const int n = [] {
     TPCOMM_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStageBytes));
     int b = 0;
-    TPCOMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, Kernel, kTileThreads, kStageBytes));
+    TPCOMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, Kernel, kThreads, kStageBytes));
     return std::max(b, 1);
   }();
   return n;
 }
 
 // Launches a persistent tile kernel: min(tiles, resident blocks) blocks, each walking tiles with stride gridDim.x.
-template <auto Kernel, class Params>
+template <auto Kernel, int kThreads, class Params>
 void launch_persistent(const Params& kp, int64_t tiles, cudaStream_t stream) {
-  const int64_t grid = std::min<int64_t>(tiles, int64_t(persistent_blocks_per_sm<Kernel>()) * sm_count());
-  ::tpcomm::detail::launch_kernel_waves(Kernel, static_cast<unsigned>(grid), kTileThreads, kStageBytes, stream, kp);
+  const int64_t grid =
+      std::min<int64_t>(tiles, int64_t(persistent_blocks_per_sm<Kernel, kThreads>()) * sm_count());
+  ::tpcomm::detail::launch_kernel_waves(Kernel, static_cast<unsigned>(grid), kThreads, kStageBytes, stream, kp);
 }
 
 }  // namespace tpcomm::quant::detail
