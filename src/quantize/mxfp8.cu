@@ -17,20 +17,27 @@ namespace {
 
 using namespace detail;
 
-// Rowwise + colwise: persistent kernel (TPCOMM_QUANT_ONE_TILE_PER_BLOCK=1: the one-tile-per-block kernel, for A/B
-// measurements); single outputs: one tile per block. Tile mapping (tile.cuh): kDefaultRows (below) unless
+// Rowwise + colwise: persistent kernel; single outputs: one tile per block (TPCOMM_QUANT_TILE_LOOP swaps them, for
+// A/B measurements). Tile mapping (tile.cuh): kDefaultRows (below) unless
 // TPCOMM_QUANT_TILE_ROWS says otherwise.
-template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR>
+template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR, bool kFull>
 void launch_mapped(const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream) {
   constexpr int kThreads = TileMap<kR>::kThreads;
-  if constexpr (kRow && kCol) {
-    if (!one_tile_per_block()) {
-      launch_persistent<mxfp8_quantize_persistent_kernel<kFmt, kRceil, kRow, kCol, kR>, kThreads>(kp, tiles, stream);
-      return;
-    }
+  if (use_persistent(kRow && kCol)) {
+    launch_persistent<mxfp8_quantize_persistent_kernel<kFmt, kRceil, kRow, kCol, kR, kFull>, kThreads>(kp, tiles,
+                                                                                                        stream);
+    return;
   }
-  launch_kernel_waves(mxfp8_quantize_kernel<kFmt, kRceil, kRow, kCol, kR>, static_cast<unsigned>(tiles), kThreads,
-                      0, stream, kp);
+  launch_kernel_waves(mxfp8_quantize_kernel<kFmt, kRceil, kRow, kCol, kR, kFull>, static_cast<unsigned>(tiles),
+                      kThreads, 0, stream, kp);
+}
+
+// Full tiles (load_tile's kFull): rows and cols multiples of 128; TPCOMM_QUANT_CHECKED_TILES=1 forces the checked
+// form (A/B).
+template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR>
+void launch_full_or_checked(const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream) {
+  if (full_tiles(kp.rows, kp.cols)) launch_mapped<kFmt, kRceil, kRow, kCol, kR, true>(kp, tiles, stream);
+  else launch_mapped<kFmt, kRceil, kRow, kCol, kR, false>(kp, tiles, stream);
 }
 
 // Default mapping: 8 rows x 256 threads for the kernels with colwise output. A/B in one device call
@@ -42,8 +49,8 @@ constexpr int kDefaultRows = kCol ? 8 : 16;
 
 template <int kFmt, bool kRceil, bool kRow, bool kCol>
 void launch_one(const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream) {
-  if (tile_rows(kDefaultRows<kCol>) == 8) launch_mapped<kFmt, kRceil, kRow, kCol, 8>(kp, tiles, stream);
-  else launch_mapped<kFmt, kRceil, kRow, kCol, 16>(kp, tiles, stream);
+  if (tile_rows(kDefaultRows<kCol>) == 8) launch_full_or_checked<kFmt, kRceil, kRow, kCol, 8>(kp, tiles, stream);
+  else launch_full_or_checked<kFmt, kRceil, kRow, kCol, 16>(kp, tiles, stream);
 }
 
 template <int kFmt, bool kRceil>

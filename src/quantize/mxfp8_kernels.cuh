@@ -31,15 +31,15 @@ struct Mxfp8KernelParams {
 };
 
 // One 128 x 128 tile whose bf16 the thread holds in x (tile.cuh layout, kR rows per thread).
-// kFmt: 0 = e4m3, 1 = e5m2. kRow / kCol: which outputs to produce.
-template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR>
+// kFmt: 0 = e4m3, 1 = e5m2. kRow / kCol: which outputs to produce. kFull: every tile inside the tensor (load_tile).
+template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR, bool kFull>
 __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const TileCoord& t, uint4 (&x)[kR]) {
   constexpr int kEmax = kFmt == 0 ? 8 : 15;
   constexpr int kThreads = TileMap<kR>::kThreads;
   const ThreadSlot s = thread_slot<kR>();
   const int64_t N = p.rows, K = p.cols;
   const int64_t col = t.k0 + 8 * s.c;
-  const bool col_ok = col < K;
+  const bool col_ok = kFull || col < K;
 
   // Colwise: transposed tile (16-byte chunk (k, n/16) at [k][(n/16) ^ ((k/8) & 7)]), scale bytes [k][group].
   __shared__ uint4 s_col[kCol ? kTileCols * 8 : 1];
@@ -91,7 +91,7 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
     }
     if (!p.swizzled) {
       // Linear scales (E, N/32, K): 8 consecutive bytes per thread, 64 or 128 contiguous bytes per warp.
-      if (s.h == 0 && col_ok && t.n0 + 32 * s.g < N) {
+      if (s.h == 0 && (kFull || (col_ok && t.n0 + 32 * s.g < N))) {
         const int64_t g = t.e * (N / 32) + t.n0 / 32 + s.g;
         uint2 v;
         v.x = code[0] | (code[1] << 8) | (code[2] << 16) | (code[3] << 24);
@@ -136,7 +136,7 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
       const int src = (((i / (kR / 2)) & 1) << 1) | ((i / kPer) & 1);
       const uint32_t c = (codes[src] >> (8 * (i % kPer))) & 0xffu;
       const uint2 v = quant8_fp8<kFmt>(x[i], e8m0_quant_multiplier(c));
-      if (col_ok && t.n0 + s.rl0 + i < N) *reinterpret_cast<uint2*>(out + i * K) = v;
+      if (kFull || (col_ok && t.n0 + s.rl0 + i < N)) *reinterpret_cast<uint2*>(out + i * K) = v;
     }
   }
 
@@ -152,7 +152,7 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
       const uint4 v = s_col[kl * 8 + (cc ^ ((kl >> 3) & 7))];
       const int64_t k = t.k0 + kl;
       const int64_t n = t.n0 + 16 * cc;
-      if (k < K && n < N) *reinterpret_cast<uint4*>(base + k * N + n) = v;
+      if (kFull || (k < K && n < N)) *reinterpret_cast<uint4*>(base + k * N + n) = v;
     }
     if (p.swizzled && (kThreads == kTileCols || tid < kTileCols)) {
       // Per expert: transposed scale matrix [K rows][N/32 cols], padded to [roundup(K,128)][roundup(N/32,4)].
@@ -160,7 +160,7 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
       const int64_t kp = (K + 127) / 128 * 128;
       const int64_t gtiles = (N / 32 + 3) / 4;
       if (k < kp) {
-        const uint32_t v = k < K ? s_colsc[tid] : 0u;
+        const uint32_t v = (kFull || k < K) ? s_colsc[tid] : 0u;
         const int64_t off = t.e * kp * gtiles * 4 + swz_offset(k, t.n0 / 32, gtiles);
         *reinterpret_cast<uint32_t*>(p.col_scales + off) = v;
       }
@@ -179,7 +179,7 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
           const int64_t off = t.e * np * gtiles * 4 + swz_offset(n, kg0, gtiles);
           *reinterpret_cast<uint32_t*>(p.row_scales + off) = v;
         }
-      } else if (n < N) {
+      } else if (kFull || n < N) {
         uint8_t* dst = p.row_scales + (t.e * N + n) * gk + kg0;
         if ((gk & 3) == 0) {
           if (kg0 < gk) *reinterpret_cast<uint32_t*>(dst) = v;
@@ -203,14 +203,14 @@ constexpr int mxfp8_min_blocks() {
 }
 
 // One tile per block (grid = tiles).
-template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR>
+template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR, bool kFull>
 __global__ void __launch_bounds__(TileMap<kR>::kThreads, (mxfp8_min_blocks<kRow && kCol, kR>()))
     mxfp8_quantize_kernel(const __grid_constant__ Mxfp8KernelParams p) {
   ::tpcomm::detail::pdl_prologue();
   const TileCoord t = tile_coord(blockIdx.x, p.col_tiles, p.tiles_per_expert);
   uint4 x[kR];
-  load_tile<kR>(p.in + t.e * p.rows * p.cols, p.rows, p.cols, t, thread_slot<kR>(), x);
-  mxfp8_tile<kFmt, kRceil, kRow, kCol, kR>(p, t, x);
+  load_tile<kR, kFull>(p.in + t.e * p.rows * p.cols, p.rows, p.cols, t, thread_slot<kR>(), x);
+  mxfp8_tile<kFmt, kRceil, kRow, kCol, kR, kFull>(p, t, x);
 }
 
 // Persistent and pipelined (tile.cuh), dynamic shared memory kStageBytes plus the 18 KiB static transpose buffer of
@@ -218,14 +218,14 @@ __global__ void __launch_bounds__(TileMap<kR>::kThreads, (mxfp8_min_blocks<kRow 
 // SM: 249 registers for kR = 16, no spills (a 3-block build spilled 224 bytes and ran at 54% of copy). Session 5:
 // the colwise data goes through the shared-memory transpose (full 128-byte line stores) instead of straight from
 // registers (32-byte segments): 72 -> 78-80% of copy with linear scales (bench/NOTES.md).
-template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR>
+template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR, bool kFull>
 __global__ void __launch_bounds__(TileMap<kR>::kThreads, 2)
     mxfp8_quantize_persistent_kernel(const __grid_constant__ Mxfp8KernelParams p) {
   ::tpcomm::detail::pdl_prologue();
-  for_each_tile_pipelined<kR>(p.in, p.rows, p.cols, p.col_tiles, p.tiles_per_expert, p.tiles,
-                              [&](int64_t, const TileCoord& t, uint4(&x)[kR]) {
-                                mxfp8_tile<kFmt, kRceil, kRow, kCol, kR>(p, t, x);
-                              });
+  for_each_tile_pipelined<kR, kFull>(p.in, p.rows, p.cols, p.col_tiles, p.tiles_per_expert, p.tiles,
+                                     [&](int64_t, const TileCoord& t, uint4(&x)[kR]) {
+                                       mxfp8_tile<kFmt, kRceil, kRow, kCol, kR, kFull>(p, t, x);
+                                     });
 }
 
 // ---- Rowwise only, linear scales: elementwise kernel ---------------------------------------------------------------

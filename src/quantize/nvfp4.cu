@@ -55,19 +55,19 @@ void nvfp4_quantize(const Nvfp4QuantizeParams& p, cudaStream_t stream) {
   // large shapes lose 1-1.6 points with 8 rows. In one wave a block's latency chain (load, convert, store) is the
   // kernel time, and 8 rows per thread halves it.
   const bool one_wave = ::tpcomm::detail::fits_one_wave(
-      reinterpret_cast<const void*>(nvfp4_quantize_kernel<true, 16>), tiles, TileMap<16>::kThreads, 0);
+      reinterpret_cast<const void*>(nvfp4_quantize_kernel<true, 16, false>), tiles, TileMap<16>::kThreads, 0);
   const bool r8 = tile_rows(one_wave ? 8 : 16) == 8;
+  const bool full = full_tiles(p.rows, p.cols);
+  const bool b16 = p.block == Nvfp4Block::k16x16;
+  // The single place mapping (block, rows per thread, full tiles) to an instantiation.
+  using Kernel = void (*)(Nvfp4KernelParams);
+  const Kernel table[2][2][2] = {
+      {{nvfp4_quantize_kernel<false, 16, false>, nvfp4_quantize_kernel<false, 16, true>},
+       {nvfp4_quantize_kernel<false, 8, false>, nvfp4_quantize_kernel<false, 8, true>}},
+      {{nvfp4_quantize_kernel<true, 16, false>, nvfp4_quantize_kernel<true, 16, true>},
+       {nvfp4_quantize_kernel<true, 8, false>, nvfp4_quantize_kernel<true, 8, true>}}};
   const unsigned threads = static_cast<unsigned>(r8 ? TileMap<8>::kThreads : TileMap<16>::kThreads);
-  switch (p.block) {
-    case Nvfp4Block::k1x16:
-      if (r8) launch_kernel(nvfp4_quantize_kernel<false, 8>, grid, threads, 0, stream, kp);
-      else launch_kernel(nvfp4_quantize_kernel<false, 16>, grid, threads, 0, stream, kp);
-      break;
-    case Nvfp4Block::k16x16:
-      if (r8) launch_kernel(nvfp4_quantize_kernel<true, 8>, grid, threads, 0, stream, kp);
-      else launch_kernel(nvfp4_quantize_kernel<true, 16>, grid, threads, 0, stream, kp);
-      break;
-  }
+  launch_kernel(table[b16][r8][full], grid, threads, 0, stream, kp);
   TPCOMM_CUDA_CHECK(cudaGetLastError());
 }
 

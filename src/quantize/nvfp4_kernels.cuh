@@ -26,7 +26,7 @@ struct Nvfp4KernelParams {
 
 // Register caps (__launch_bounds__ minimum blocks): kR = 16: 5 blocks of 128 threads (<= 102 registers, 96 used);
 // kR = 8: 4 blocks of 256 (<= 64).
-template <bool k16x16, int kR>
+template <bool k16x16, int kR, bool kFull>
 __global__ void __launch_bounds__(TileMap<kR>::kThreads, kR == 16 ? 5 : 4)
     nvfp4_quantize_kernel(const __grid_constant__ Nvfp4KernelParams p) {
   ::tpcomm::detail::pdl_prologue();
@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(TileMap<kR>::kThreads, kR == 16 ? 5 : 4)
   const int64_t N = p.rows, K = p.cols;
 
   uint4 x[kR];
-  load_tile<kR>(p.in, N, K, t, s, x);
+  load_tile<kR, kFull>(p.in, N, K, t, s, x);
 
   const float s_enc = nvfp4_global_encode_scale(*p.global_amax);
   const float s_dec = __frcp_rn(s_enc);  // IEEE 1/x
@@ -46,12 +46,12 @@ __global__ void __launch_bounds__(TileMap<kR>::kThreads, kR == 16 ? 5 : 4)
   uint8_t* sc_bytes = reinterpret_cast<uint8_t*>(s_sc);
   const int blk = s.c >> 1;  // 16-column block inside the tile
   const int64_t col = t.k0 + 8 * s.c;
-  const bool col_ok = col < K;
+  const bool col_ok = kFull || col < K;
   const int64_t row0 = t.n0 + s.rl0;
   uint8_t* out = p.out + row0 * (K / 2) + col / 2;
   auto store_row = [&](int i, float rcp) {
     const uint32_t v = quant8_e2m1(x[i], rcp, p.e2m1_m512);
-    if (col_ok && row0 + i < N) *reinterpret_cast<uint32_t*>(out + i * (K / 2)) = v;
+    if (kFull || (col_ok && row0 + i < N)) *reinterpret_cast<uint32_t*>(out + i * (K / 2)) = v;
   };
 
   if constexpr (!k16x16) {
@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(TileMap<kR>::kThreads, kR == 16 ? 5 : 4)
           *reinterpret_cast<uint32_t*>(p.scales + swz_offset(n, kg, gtiles)) = s_sc[tid * 2 + half];
       }
     }
-  } else if (n < N) {
+  } else if (kFull || n < N) {
     uint8_t* dst = p.scales + n * gk + kg0;
     if ((gk & 7) == 0) {
       *reinterpret_cast<uint2*>(dst) = make_uint2(s_sc[tid * 2], s_sc[tid * 2 + 1]);

@@ -95,9 +95,18 @@ __device__ __forceinline__ uint32_t group_rows_max_u16x2(uint32_t v) {
 
 // Loads the thread's kR x 8 bf16 (rows outside [0, rows) or columns outside [0, cols) read as +0).
 // `in` points at the (rows x cols) matrix of the tile's expert; cols % 8 == 0.
-template <int kR>
+// kFull: the launcher checked rows % 128 == 0 and cols % 128 == 0, so every tile lies inside the matrix: no bounds
+// checks, no zero fill, and the row addresses are one base plus i * cols. (The checked form spends about a tenth of
+// the MXFP8 "both" kernel's instructions on 64-bit row addresses, compares and selects; bench/NOTES.md session 6.)
+template <int kR, bool kFull = false>
 __device__ __forceinline__ void load_tile(const uint16_t* __restrict__ in, int64_t rows, int64_t cols,
                                           const TileCoord& t, const ThreadSlot& s, uint4 (&x)[kR]) {
+  if constexpr (kFull) {
+    const uint16_t* src = in + (t.n0 + s.rl0) * cols + t.k0 + 8 * s.c;
+#pragma unroll
+    for (int i = 0; i < kR; ++i) x[i] = ld_stream(src + i * cols);
+    return;
+  }
   const int64_t col = t.k0 + 8 * s.c;
   const bool col_ok = col < cols;
   const int64_t r0 = t.n0 + s.rl0;
@@ -143,10 +152,18 @@ __device__ __forceinline__ uint32_t opaque_zero() {
 }
 
 // Issues the thread's kR chunks of tile t into its stage slots (out-of-range rows/columns read as +0, like
-// load_tile) and commits them as one group. `in` points at the tile's expert.
-template <int kR>
+// load_tile) and commits them as one group. `in` points at the tile's expert. kFull: as load_tile.
+template <int kR, bool kFull>
 __device__ __forceinline__ void prefetch_tile(const uint16_t* __restrict__ in, int64_t rows, int64_t cols,
                                               const TileCoord& t, const ThreadSlot& s, uint32_t slot_saddr) {
+  if constexpr (kFull) {
+    const uint16_t* src = in + (t.n0 + s.rl0) * cols + t.k0 + 8 * s.c;
+#pragma unroll
+    for (int i = 0; i < kR; ++i)
+      cp_async16(slot_saddr + static_cast<uint32_t>(i * TileMap<kR>::kThreads * 16), src + i * cols, 16u);
+    asm volatile("cp.async.commit_group;" ::: "memory");
+    return;
+  }
   const int64_t col = t.k0 + 8 * s.c;
   const bool col_ok = col < cols;
   const int64_t r0 = t.n0 + s.rl0;
@@ -162,7 +179,7 @@ __device__ __forceinline__ void prefetch_tile(const uint16_t* __restrict__ in, i
 // The persistent loop over the tiles of an (experts, rows, cols) input; body(tile, t, x) gets the tile's kR x 8
 // bf16 of this thread in registers (as load_tile gives them) and may use __syncthreads(); the loop adds one barrier
 // between tiles so that a body's shared buffers can be reused.
-template <int kR, class Body>
+template <int kR, bool kFull, class Body>
 __device__ __forceinline__ void for_each_tile_pipelined(const uint16_t* __restrict__ in, int64_t rows, int64_t cols,
                                                         int64_t col_tiles, int64_t tiles_per_expert, int64_t ntiles,
                                                         Body&& body) {
@@ -175,7 +192,7 @@ __device__ __forceinline__ void for_each_tile_pipelined(const uint16_t* __restri
   if (tile >= ntiles) return;
   {
     const TileCoord t = tile_coord(tile, col_tiles, tiles_per_expert);
-    prefetch_tile<kR>(in + t.e * per_expert, rows, cols, t, s, slot);
+    prefetch_tile<kR, kFull>(in + t.e * per_expert, rows, cols, t, s, slot);
   }
   for (bool first = true; tile < ntiles; tile += gridDim.x, first = false) {
     if (!first) __syncthreads();
@@ -190,7 +207,7 @@ __device__ __forceinline__ void for_each_tile_pipelined(const uint16_t* __restri
     const int64_t next = tile + gridDim.x;
     if (next < ntiles) {
       const TileCoord tn = tile_coord(next, col_tiles, tiles_per_expert);
-      prefetch_tile<kR>(in + tn.e * per_expert, rows, cols, tn, s, slot + (dep & zero));
+      prefetch_tile<kR, kFull>(in + tn.e * per_expert, rows, cols, tn, s, slot + (dep & zero));
     }
     body(tile, tile_coord(tile, col_tiles, tiles_per_expert), x);
   }
