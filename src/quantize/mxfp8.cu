@@ -17,16 +17,18 @@ namespace {
 
 using namespace detail;
 
-// Rowwise + colwise: persistent kernel; single outputs: one tile per block (TPCOMM_QUANT_TILE_LOOP swaps them, for
-// A/B measurements). Tile mapping (tile.cuh): kDefaultRows (below) unless
+// Rowwise + colwise: persistent kernel (TPCOMM_QUANT_TILE_LOOP=one: one tile per block, for A/B measurements);
+// single outputs: one tile per block (their persistent form measured slower, sessions 4 and 6: not compiled). Tile mapping (tile.cuh): kDefaultRows (below) unless
 // TPCOMM_QUANT_TILE_ROWS says otherwise.
 template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR, bool kFull>
 void launch_mapped(const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream) {
   constexpr int kThreads = TileMap<kR>::kThreads;
-  if (use_persistent(kRow && kCol)) {
-    launch_persistent<mxfp8_quantize_persistent_kernel<kFmt, kRceil, kRow, kCol, kR, kFull>, kThreads>(kp, tiles,
-                                                                                                        stream);
-    return;
+  if constexpr (kRow && kCol) {
+    if (use_persistent(true)) {
+      launch_persistent<mxfp8_quantize_persistent_kernel<kFmt, kRceil, kRow, kCol, kR, kFull>, kThreads>(kp, tiles,
+                                                                                                          stream);
+      return;
+    }
   }
   launch_kernel_waves(mxfp8_quantize_kernel<kFmt, kRceil, kRow, kCol, kR, kFull>, static_cast<unsigned>(tiles),
                       kThreads, 0, stream, kp);

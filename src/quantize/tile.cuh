@@ -178,7 +178,8 @@ __device__ __forceinline__ void prefetch_tile(const uint16_t* __restrict__ in, i
 
 // The persistent loop over the tiles of an (experts, rows, cols) input; body(tile, t, x) gets the tile's kR x 8
 // bf16 of this thread in registers (as load_tile gives them) and may use __syncthreads(); the loop adds one barrier
-// between tiles so that a body's shared buffers can be reused.
+// between tiles so that a body's shared buffers can be reused. (Alternating two sets of shared buffers instead, so
+// that this barrier can go, measured within noise: session 6, bench/NOTES.md.)
 template <int kR, bool kFull, class Body>
 __device__ __forceinline__ void for_each_tile_pipelined(const uint16_t* __restrict__ in, int64_t rows, int64_t cols,
                                                         int64_t col_tiles, int64_t tiles_per_expert, int64_t ntiles,

@@ -17,8 +17,9 @@
 namespace tpcomm::quant::detail {
 
 // Measurement switch (A/B in bench/NOTES.md): TPCOMM_QUANT_TILE_LOOP=one launches the one-tile-per-block kernel
-// where the persistent one is the default (MXFP8 rowwise + colwise), =persistent the persistent kernel where one
-// tile per block is (MXFP8 single outputs); unset, each launcher's measured default. Read once; any other value is an
+// where the persistent one is the default (MXFP8 rowwise + colwise), =persistent the persistent kernel where a
+// launcher compiles one (the MXFP8 single-output persistent form was measured in session 6 and removed again);
+// unset, each launcher's measured default. Read once; any other value is an
 // error. (TPCOMM_QUANT_ONE_TILE_PER_BLOCK=1, the session-4 name, still means "one".)
 enum class TileLoop { kDefault, kOnePerBlock, kPersistent };
 inline TileLoop tile_loop_override() {
