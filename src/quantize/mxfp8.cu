@@ -18,8 +18,8 @@ namespace {
 using namespace detail;
 
 // Rowwise + colwise: persistent kernel (TPCOMM_QUANT_TILE_LOOP=one: one tile per block, for A/B measurements);
-// single outputs: one tile per block (their persistent form measured slower, sessions 4 and 6: not compiled). Tile mapping (tile.cuh): kDefaultRows (below) unless
-// TPCOMM_QUANT_TILE_ROWS says otherwise.
+// single outputs: one tile per block (their persistent form measured slower, sessions 4 and 6: not compiled).
+// Tile mapping (tile.cuh): kDefaultRows (below) unless TPCOMM_QUANT_TILE_ROWS says otherwise.
 template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR, bool kFull>
 void launch_mapped(const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream) {
   constexpr int kThreads = TileMap<kR>::kThreads;
