@@ -21,11 +21,6 @@ bool pdl_enabled() {
   return on;
 }
 
-bool pdl_for_one_wave() {
-  static const bool on = env_is("TPCOMM_PDL_ONE_WAVE", "1");
-  return on;
-}
-
 int64_t device_capacity(const void* kernel, int threads, std::size_t smem) {
   struct Entry {
     const void* kernel;

@@ -31,16 +31,11 @@ inline bool fits_one_wave(const void* kernel, int64_t blocks, int threads, std::
   return blocks <= device_capacity(kernel, threads, smem);
 }
 
-// Policy for grids that fit in one wave (launch_kernel_waves). When such a grid is launched early, its blocks
-// are placed into the slots its predecessor leaves free while the predecessor still runs, and the rest as the
-// predecessor exits, so they can end up unevenly spread over the SMs, and a one-wave kernel's time is that of
-// its fullest SM. Whether that costs more than PDL saves depends on the kernel (bench/NOTES.md, session 5):
-// MXFP8 3D colwise E=1 4096x2048 (512 blocks in 660 slots) 9.3 us without PDL, 9.9 with; FP8 1x128 at
-// 2048x5120 (one wave too) 10.3 without, 9.9 with. So only launchers that measured a loss use
-// launch_kernel_waves (the MXFP8 tile kernels, whose persistent form always fills every slot).
-// TPCOMM_PDL_ONE_WAVE=1 launches one-wave grids with PDL anyway (A/B).
-bool pdl_for_one_wave();
-
+// One-wave grids: launched early, a grid's blocks are placed into the slots its predecessor leaves free while it
+// still runs, so a one-wave grid can end up unevenly spread over the SMs. Session 5 measured that as a loss for
+// the 16-row MXFP8 3-D colwise kernel (E=1 4096x2048: 9.3 us without PDL, 9.9 with) and launched one-wave MXFP8
+// grids without PDL; with the 8-row, 256-thread tiles of session 6 PDL wins there too (8.97 -> 8.27 us; "both" at
+// 2048x5120 14.99 -> 14.6 us; nothing slower, bench/NOTES.md), so every kernel is launched with PDL again.
 // kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization when `pdl` and
 // enabled.
 template <typename... KernelArgs, typename... Args>
@@ -64,16 +59,6 @@ template <typename... KernelArgs, typename... Args>
 void launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
                    Args&&... args) {
   launch_kernel_pdl(true, kernel, grid, block, smem, stream, std::forward<Args>(args)...);
-}
-
-// As launch_kernel, but a grid that fits in one wave is launched without PDL (see pdl_for_one_wave).
-template <typename... KernelArgs, typename... Args>
-void launch_kernel_waves(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
-                         Args&&... args) {
-  const bool pdl = pdl_for_one_wave() ||
-                   !fits_one_wave(reinterpret_cast<const void*>(kernel), int64_t(grid.x) * grid.y * grid.z,
-                                  static_cast<int>(block.x * block.y * block.z), smem);
-  launch_kernel_pdl(pdl, kernel, grid, block, smem, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace tpcomm::detail

@@ -11,7 +11,6 @@
 namespace tpcomm::quant {
 
 using ::tpcomm::detail::launch_kernel;
-using ::tpcomm::detail::launch_kernel_waves;
 
 namespace {
 
@@ -30,8 +29,8 @@ void launch_mapped(const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stre
       return;
     }
   }
-  launch_kernel_waves(mxfp8_quantize_kernel<kFmt, kRceil, kRow, kCol, kR, kFull>, static_cast<unsigned>(tiles),
-                      kThreads, 0, stream, kp);
+  launch_kernel(mxfp8_quantize_kernel<kFmt, kRceil, kRow, kCol, kR, kFull>, static_cast<unsigned>(tiles), kThreads,
+                0, stream, kp);
 }
 
 // Full tiles (load_tile's kFull): rows and cols multiples of 128; TPCOMM_QUANT_CHECKED_TILES=1 forces the checked

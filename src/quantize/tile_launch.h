@@ -86,7 +86,7 @@ template <auto Kernel, int kThreads, class Params>
 void launch_persistent(const Params& kp, int64_t tiles, cudaStream_t stream) {
   const int64_t grid =
       std::min<int64_t>(tiles, int64_t(persistent_blocks_per_sm<Kernel, kThreads>()) * sm_count());
-  ::tpcomm::detail::launch_kernel_waves(Kernel, static_cast<unsigned>(grid), kThreads, kStageBytes, stream, kp);
+  ::tpcomm::detail::launch_kernel(Kernel, static_cast<unsigned>(grid), kThreads, kStageBytes, stream, kp);
 }
 
 }  // namespace tpcomm::quant::detail
