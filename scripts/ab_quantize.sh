@@ -13,15 +13,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-OUTDIR=${OUT:-ab_out}
-mkdir -p "$OUTDIR"
-BUILD=${TPCOMM_BUILD_DIR:-build-gpu}
 WORK=$(mktemp -d)
 T0=$(date +%s)
-if ! { cmake -S . -B "$BUILD" ${TPCOMM_CMAKE_GENERATOR:+-G "$TPCOMM_CMAKE_GENERATOR"} -DCMAKE_BUILD_TYPE=Release &&
-       cmake --build "$BUILD" -j "$(nproc)" --target tpcomm-bench tpcomm_gpu_tests; } > "$WORK/build.log" 2>&1; then
-  tail -40 "$WORK/build.log"; echo "BUILD FAILED"; exit 1
-fi
+tpcomm_gpu_build "$WORK/build.log" tpcomm-bench tpcomm_gpu_tests || exit 1
 echo "build $(( $(date +%s) - T0 )) s"
 rc=0
 for t in ${TESTS:--}; do
@@ -46,7 +40,9 @@ for c in ${CONFIGS:?set CONFIGS}; do
 done
 for n in "${names[@]:1}"; do
   echo "=== ${names[0]} -> $n"
+  for f in "${names[0]}" "$n"; do [ -f "$WORK/$f.json" ] || { echo "no results for $f (see $f.log)"; rc=1; continue 2; }; done
   python3 scripts/compare_results.py --min-delta "${MIN_DELTA:-0.01}" "$WORK/${names[0]}.json" "$WORK/$n.json"
 done
-tar czf "$OUTDIR/ab.tgz" -C "$WORK" .
+mkdir -p "${OUT:-ab_out}"
+tar czf "${OUT:-ab_out}/ab.tgz" -C "$WORK" .
 exit $rc

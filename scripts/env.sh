@@ -8,3 +8,16 @@ if _nccl_dir=$(python3 -c "import importlib.util as u; s=u.find_spec('nvidia.ncc
   export LD_LIBRARY_PATH="$_nccl_dir/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 unset _nccl_dir
+# Release build of this tree for the GPU scripts: tpcomm_gpu_build LOG [TARGET...] builds into $BUILD
+# (TPCOMM_BUILD_DIR, default build-gpu), the whole project or the named targets, output in LOG; on failure prints
+# the errors and returns 1.
+BUILD=${TPCOMM_BUILD_DIR:-build-gpu}
+tpcomm_gpu_build() {
+  local log=$1; shift
+  local targets=()
+  [ $# -gt 0 ] && targets=(--target "$@")
+  if ! { cmake -S . -B "$BUILD" ${TPCOMM_CMAKE_GENERATOR:+-G "$TPCOMM_CMAKE_GENERATOR"} -DCMAKE_BUILD_TYPE=Release &&
+         cmake --build "$BUILD" -j "$(nproc)" "${targets[@]}"; } > "$log" 2>&1; then
+    grep -E "error|Error" "$log" | head -30; echo "BUILD FAILED"; return 1
+  fi
+}

@@ -7,13 +7,9 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 OUTDIR=${OUT:-gpu_out}
 mkdir -p "$OUTDIR"
-BUILD=${TPCOMM_BUILD_DIR:-build-gpu}
 echo "== machine"; nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv,noheader; nvidia-smi topo -m 2>/dev/null | head -6
 echo "== build"
-if ! { cmake -S . -B "$BUILD" ${TPCOMM_CMAKE_GENERATOR:+-G "$TPCOMM_CMAKE_GENERATOR"} -DCMAKE_BUILD_TYPE=Release && \
-       cmake --build "$BUILD" -j "$(nproc)"; } > "$OUTDIR/build.log" 2>&1; then
-  grep -E "error|Error" "$OUTDIR/build.log" | head -30; echo "BUILD FAILED"; exit 1
-fi
+tpcomm_gpu_build "$OUTDIR/build.log" || exit 1
 echo "build ok"
 echo "== tests"
 (cd "$BUILD" && ctest --output-on-failure --timeout "${TPCOMM_TEST_TIMEOUT:-400}") > "$OUTDIR/tests.log" 2>&1
