@@ -16,14 +16,14 @@ namespace {
 
 using namespace detail;
 
-// Rowwise + colwise: persistent kernel (TPCOMM_QUANT_TILE_LOOP=one: one tile per block, for A/B measurements);
+// Rowwise + colwise: persistent kernel (TPCOMM_QUANT_ONE_TILE_PER_BLOCK=1: one tile per block, for A/B);
 // single outputs: one tile per block (their persistent form measured slower, sessions 4 and 6: not compiled).
 // Tile mapping (tile.cuh): kDefaultRows (below) unless TPCOMM_QUANT_TILE_ROWS says otherwise.
 template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR, bool kFull>
 void launch_mapped(const Mxfp8KernelParams& kp, int64_t tiles, cudaStream_t stream) {
   constexpr int kThreads = TileMap<kR>::kThreads;
   if constexpr (kRow && kCol) {
-    if (use_persistent(true)) {
+    if (!one_tile_per_block()) {
       launch_persistent<mxfp8_quantize_persistent_kernel<kFmt, kRceil, kRow, kCol, kR, kFull>, kThreads>(kp, tiles,
                                                                                                           stream);
       return;

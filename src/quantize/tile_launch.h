@@ -16,28 +16,14 @@
 
 namespace tpcomm::quant::detail {
 
-// Measurement switch (A/B in bench/NOTES.md): TPCOMM_QUANT_TILE_LOOP=one launches the one-tile-per-block kernel
-// where the persistent one is the default (MXFP8 rowwise + colwise), =persistent the persistent kernel where a
-// launcher compiles one (the MXFP8 single-output persistent form was measured in session 6 and removed again);
-// unset, each launcher's measured default. Read once; any other value is an
-// error. (TPCOMM_QUANT_ONE_TILE_PER_BLOCK=1, the session-4 name, still means "one".)
-enum class TileLoop { kDefault, kOnePerBlock, kPersistent };
-inline TileLoop tile_loop_override() {
-  static const TileLoop v = [] {
-    const char* old = std::getenv("TPCOMM_QUANT_ONE_TILE_PER_BLOCK");
-    if (old != nullptr && old[0] == '1') return TileLoop::kOnePerBlock;
-    const char* e = std::getenv("TPCOMM_QUANT_TILE_LOOP");
-    if (e == nullptr || e[0] == '\0') return TileLoop::kDefault;
-    const std::string s(e);
-    if (s == "one") return TileLoop::kOnePerBlock;
-    if (s == "persistent") return TileLoop::kPersistent;
-    throw Error(ErrorCode::kInvalidArgument, "TPCOMM_QUANT_TILE_LOOP: '" + s + "' is not 'one' or 'persistent'");
+// Measurement switch (A/B in bench/NOTES.md): TPCOMM_QUANT_ONE_TILE_PER_BLOCK=1 launches the one-tile-per-block
+// kernel where the persistent one is the default (MXFP8 rowwise + colwise). Read once.
+inline bool one_tile_per_block() {
+  static const bool v = [] {
+    const char* e = std::getenv("TPCOMM_QUANT_ONE_TILE_PER_BLOCK");
+    return e != nullptr && e[0] == '1';
   }();
   return v;
-}
-inline bool use_persistent(bool default_persistent) {
-  const TileLoop o = tile_loop_override();
-  return o == TileLoop::kDefault ? default_persistent : o == TileLoop::kPersistent;
 }
 
 // Measurement switch (A/B in bench/NOTES.md, session 6): TPCOMM_QUANT_TILE_ROWS=16 or 8 launches the kernels
