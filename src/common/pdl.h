@@ -31,16 +31,15 @@ inline bool fits_one_wave(const void* kernel, int64_t blocks, int threads, std::
   return blocks <= device_capacity(kernel, threads, smem);
 }
 
-// One-wave grids: launched early, a grid's blocks are placed into the slots its predecessor leaves free while it
-// still runs, so a one-wave grid can end up unevenly spread over the SMs. Session 5 measured that as a loss for
-// the 16-row MXFP8 3-D colwise kernel (E=1 4096x2048: 9.3 us without PDL, 9.9 with) and launched one-wave MXFP8
-// grids without PDL; with the 8-row, 256-thread tiles of session 6 PDL wins there too (8.97 -> 8.27 us; "both" at
-// 2048x5120 14.99 -> 14.6 us; nothing slower, bench/NOTES.md), so every kernel is launched with PDL again.
-// kernel<<<grid, block, smem, stream>>>(args...), with programmatic stream serialization when `pdl` and
-// enabled.
+// kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization when enabled.
+// Every kernel gets it, one-wave grids included. Launched early, a one-wave grid's blocks go into the slots its
+// predecessor frees while it still runs, so they can end up unevenly spread over the SMs: session 5 measured that
+// as a loss for the 16-row MXFP8 3-D colwise kernel (E=1 4096x2048: 9.3 us without PDL, 9.9 with) and launched
+// such grids without PDL; with the 8-row, 256-thread tiles of session 6 PDL wins there too (8.97 -> 8.27 us;
+// "both" at 2048x5120 14.99 -> 14.6 us; nothing slower, bench/NOTES.md), so that exception is gone.
 template <typename... KernelArgs, typename... Args>
-void launch_kernel_pdl(bool pdl, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, std::size_t smem,
-                       cudaStream_t stream, Args&&... args) {
+void launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
+                   Args&&... args) {
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
@@ -50,15 +49,8 @@ void launch_kernel_pdl(bool pdl, void (*kernel)(KernelArgs...), dim3 grid, dim3 
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
-  cfg.numAttrs = pdl && pdl_enabled() ? 1 : 0;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
   TPCOMM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
-}
-
-// kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization when enabled.
-template <typename... KernelArgs, typename... Args>
-void launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
-                   Args&&... args) {
-  launch_kernel_pdl(true, kernel, grid, block, smem, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace tpcomm::detail
