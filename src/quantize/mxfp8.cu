@@ -105,6 +105,7 @@ void mxfp8_quantize(const Mxfp8QuantizeParams& p, cudaStream_t stream) {
   const int64_t tiles = p.experts * kp.tiles_per_expert * kp.col_tiles;
   kp.tiles = tiles;
   kp.experts = p.experts;
+  kp.divs = TileDivs(kp.col_tiles, kp.tiles_per_expert);
   dispatch(p.format, p.rounding, row, col, kp, tiles, stream);
   TPCOMM_CUDA_CHECK(cudaGetLastError());
 }

@@ -28,6 +28,7 @@ struct Mxfp8KernelParams {
   bool swizzled;
   int64_t tiles;        // experts * tiles_per_expert * col_tiles
   int64_t experts;
+  TileDivs divs;        // (col_tiles, tiles_per_expert)
 };
 
 // One 128 x 128 tile whose bf16 the thread holds in x (tile.cuh layout, kR rows per thread).
@@ -207,7 +208,7 @@ template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR, bool kFull>
 __global__ void __launch_bounds__(TileMap<kR>::kThreads, (mxfp8_min_blocks<kRow && kCol, kR>()))
     mxfp8_quantize_kernel(const __grid_constant__ Mxfp8KernelParams p) {
   ::tpcomm::detail::pdl_prologue();
-  const TileCoord t = tile_coord(blockIdx.x, p.col_tiles, p.tiles_per_expert);
+  const TileCoord t = tile_coord(blockIdx.x, p.divs);
   uint4 x[kR];
   load_tile<kR, kFull>(p.in + t.e * p.rows * p.cols, p.rows, p.cols, t, thread_slot<kR>(), x);
   mxfp8_tile<kFmt, kRceil, kRow, kCol, kR, kFull>(p, t, x);
@@ -223,7 +224,7 @@ template <int kFmt, bool kRceil, bool kRow, bool kCol, int kR, bool kFull>
 __global__ void __launch_bounds__(TileMap<kR>::kThreads, 2)
     mxfp8_quantize_persistent_kernel(const __grid_constant__ Mxfp8KernelParams p) {
   ::tpcomm::detail::pdl_prologue();
-  for_each_tile_pipelined<kR, kFull>(p.in, p.rows, p.cols, p.col_tiles, p.tiles_per_expert, p.tiles,
+  for_each_tile_pipelined<kR, kFull>(p.in, p.rows, p.cols, p.divs, p.tiles,
                                      [&](int64_t, const TileCoord& t, uint4(&x)[kR]) {
                                        mxfp8_tile<kFmt, kRceil, kRow, kCol, kR, kFull>(p, t, x);
                                      });

@@ -93,12 +93,12 @@ __device__ __forceinline__ uint32_t e8m0_code(uint32_t a16, int emax) {
   return static_cast<uint32_t>(min(max(c, 0), 254));
 }
 // Multiplier applied to the elements of a block with scale code c: 2^(127 - c); NaN for c == 0xFF (every element
-// becomes NaN, 0x7F). c == 254 would need 2^-127 (subnormal) and is handled too, although no finite bf16 amax
-// produces it.
+// becomes NaN, 0x7F). Codes come from e8m0_code of a bf16 amax: 0..247 or 0xFF (254, whose multiplier 2^-127 would be
+// an fp32 subnormal, needs a biased exponent of 262 and never occurs; tests/quantize checks the extreme exponents).
+// Branch-free: the early-return form made ptxas open a divergent region (BSSY/BRA/BSYNC) per scale code, 16 per
+// thread and tile in the MXFP8 "both" loop (bench/NOTES.md, session 7).
 __device__ __forceinline__ float e8m0_quant_multiplier(uint32_t c) {
-  if (c == 0xffu) return __uint_as_float(0x7fc00000u);
-  if (c == 254u) return __uint_as_float(0x00400000u);
-  return __uint_as_float((254u - c) << 23);
+  return __uint_as_float(c == 0xffu ? 0x7fc00000u : (254u - c) << 23);
 }
 // Decoded scale 2^(c - 127): c == 0 is the fp32 subnormal 2^-127, c == 0xFF is NaN.
 __device__ __forceinline__ float e8m0_decode(uint32_t c) {

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 
+#include "quantize/fast_div.h"
 #include "quantize/quant_common.cuh"
 
 namespace tpcomm::quant::detail {
@@ -56,6 +57,19 @@ __device__ __forceinline__ TileCoord tile_coord(int64_t tile, int64_t col_tiles,
   const uint32_t e = rt / tpe;
   t.e = e;
   t.n0 = static_cast<int64_t>(rt - e * tpe) * kTileRows;
+  return t;
+}
+
+// The same with the launch's divisors precomputed on the host (fast_div.h): a multiply-high and a shift per
+// division instead of a software division (the MXFP8 kernels).
+__device__ __forceinline__ TileCoord tile_coord(int64_t tile, const TileDivs& dv) {
+  TileCoord t;
+  const uint32_t tl = static_cast<uint32_t>(tile);
+  const uint32_t rt = dv.col_tiles.div(tl);
+  t.k0 = static_cast<int64_t>(tl - rt * dv.col_tiles.d) * kTileCols;
+  const uint32_t e = dv.tiles_per_expert.div(rt);
+  t.e = e;
+  t.n0 = static_cast<int64_t>(rt - e * dv.tiles_per_expert.d) * kTileRows;
   return t;
 }
 
@@ -182,8 +196,7 @@ __device__ __forceinline__ void prefetch_tile(const uint16_t* __restrict__ in, i
 // that this barrier can go, measured within noise: session 6, bench/NOTES.md.)
 template <int kR, bool kFull, class Body>
 __device__ __forceinline__ void for_each_tile_pipelined(const uint16_t* __restrict__ in, int64_t rows, int64_t cols,
-                                                        int64_t col_tiles, int64_t tiles_per_expert, int64_t ntiles,
-                                                        Body&& body) {
+                                                        const TileDivs& dv, int64_t ntiles, Body&& body) {
   extern __shared__ __align__(16) uint4 tile_stage[];
   const ThreadSlot s = thread_slot<kR>();
   const uint32_t slot = static_cast<uint32_t>(__cvta_generic_to_shared(tile_stage)) + threadIdx.x * 16u;
@@ -191,10 +204,9 @@ __device__ __forceinline__ void for_each_tile_pipelined(const uint16_t* __restri
   const int64_t per_expert = rows * cols;
   int64_t tile = blockIdx.x;
   if (tile >= ntiles) return;
-  {
-    const TileCoord t = tile_coord(tile, col_tiles, tiles_per_expert);
-    prefetch_tile<kR, kFull>(in + t.e * per_expert, rows, cols, t, s, slot);
-  }
+  // Coordinates of the tile being processed; those of the next one are computed once, for its prefetch.
+  TileCoord tc = tile_coord(tile, dv);
+  prefetch_tile<kR, kFull>(in + tc.e * per_expert, rows, cols, tc, s, slot);
   for (bool first = true; tile < ntiles; tile += gridDim.x, first = false) {
     if (!first) __syncthreads();
     uint4 x[kR];
@@ -206,11 +218,13 @@ __device__ __forceinline__ void for_each_tile_pipelined(const uint16_t* __restri
       dep ^= x[i].x;
     }
     const int64_t next = tile + gridDim.x;
+    TileCoord tn = tc;
     if (next < ntiles) {
-      const TileCoord tn = tile_coord(next, col_tiles, tiles_per_expert);
+      tn = tile_coord(next, dv);
       prefetch_tile<kR, kFull>(in + tn.e * per_expert, rows, cols, tn, s, slot + (dep & zero));
     }
-    body(tile, tile_coord(tile, col_tiles, tiles_per_expert), x);
+    body(tile, tc, x);
+    tc = tn;
   }
 }
 
