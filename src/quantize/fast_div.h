@@ -1,7 +1,7 @@
 // Division of tile numbers by a divisor fixed for the whole launch (col_tiles, tiles_per_expert) with an add, a
 // multiply-high and a shift instead of the software division sm_90 runs for a run-time divisor (I2F + MUFU.RCP +
 // F2I + multiply-high + corrections). Used by the MXFP8 tile kernels (bench/NOTES.md session 7: with the persistent
-// loop computing each tile's coordinates once, MXFP8 "both" +1 to +3 points of copy).
+// loop computing each tile's coordinates once, MXFP8 "both" +1 to +2.5 points of copy on three of four shapes).
 //
 // For a divisor d >= 1 let l = ceil(log2 d) and m = ceil(2^(31+l) / d) (< 2^32 for d > 2^(l-1)). For every n < 2^31,
 // floor(n * m / 2^(31+l)) = floor(n / d): with m = 2^(31+l)/d + e, 0 <= e < 1, n*m/2^(31+l) = n/d + n*e/2^(31+l),
