@@ -48,6 +48,9 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
   // Rowwise scale bytes [row][group of 32 columns].
   __shared__ uint32_t s_rowsc[kRow ? kTileRows : 1];
 
+  // Colwise scale codes of the thread's 8 columns and its chunk slot in s_col (set when kCol).
+  uint32_t code[8];
+  int phys = 0;
   if constexpr (kCol) {
     // amax of each of the thread's 8 columns over its kR rows, then over the rest of the 32-row group.
     uint32_t a[4] = {0u, 0u, 0u, 0u};
@@ -61,7 +64,6 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
 #pragma unroll
     for (int q = 0; q < 4; ++q) a[q] = group_rows_max_u16x2<kR>(a[q]);
 
-    uint32_t code[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const uint32_t a16 = (j & 1) ? (a[j >> 1] >> 16) : (a[j >> 1] & 0xffffu);
@@ -71,9 +73,10 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
     // and for kR = 8 the half (h & 1) of it. Swizzle (c & 7): for one j, the lanes of an instruction hit distinct
     // chunks of their 128-byte rows (conflict-free: 16 B per lane for kR = 16, 8 B per lane in 2 wavefronts for 8).
     const int chunk = kR == 16 ? 2 * s.g + s.h : 2 * s.g + (s.h >> 1);
-    const int phys = chunk ^ (s.c & 7);
+    phys = chunk ^ (s.c & 7);
+    // Colwise only here; rowwise + colwise converts both together below (each element unpacked once).
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
+    for (int j = 0; j < (kRow ? 0 : 8); ++j) {
       const float m = e8m0_quant_multiplier(code[j]);
       uint32_t o[kR / 4];
 #pragma unroll
@@ -132,12 +135,68 @@ __device__ __forceinline__ void mxfp8_tile(const Mxfp8KernelParams& p, const Til
 #pragma unroll
     for (int src = 0; src < 4; ++src) codes[src] = __shfl_sync(kFullMask, mine, (s.lane & ~3) | src);
     uint8_t* out = p.row_data + (t.e * N + t.n0 + s.rl0) * K + col;
-#pragma unroll
-    for (int i = 0; i < kR; ++i) {
+    auto row_code = [&](int i) {
       const int src = (((i / (kR / 2)) & 1) << 1) | ((i / kPer) & 1);
-      const uint32_t c = (codes[src] >> (8 * (i % kPer))) & 0xffu;
-      const uint2 v = quant8_fp8<kFmt>(x[i], e8m0_quant_multiplier(c));
-      if (kFull || (col_ok && t.n0 + s.rl0 + i < N)) *reinterpret_cast<uint2*>(out + i * K) = v;
+      return (codes[src] >> (8 * (i % kPer))) & 0xffu;
+    };
+    if constexpr (!kCol) {
+#pragma unroll
+      for (int i = 0; i < kR; ++i) {
+        const uint2 v = quant8_fp8<kFmt>(x[i], e8m0_quant_multiplier(row_code(i)));
+        if (kFull || (col_ok && t.n0 + s.rl0 + i < N)) *reinterpret_cast<uint2*>(out + i * K) = v;
+      }
+    } else {
+      // Rowwise + colwise from one unpacking of each element: rows i, i+1 at a time; for the bf16 pair of word w
+      // (columns 2w, 2w+1) of both rows, the rowwise pairs are (row i: 2w, 2w+1) and (row i+1: 2w, 2w+1) with the
+      // rows' multipliers, the colwise pairs (column 2w: rows i, i+1) and (column 2w+1: rows i, i+1) with the
+      // columns' multipliers. Column j's kR bytes accumulate in oc[j] (byte r of word r / 4 = row r), as the
+      // colwise-only loop above builds them. Same products and conversions as the single-output paths, so the
+      // same bits; 4 instead of 8 unpacks per 4 elements.
+      float mc[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) mc[j] = e8m0_quant_multiplier(code[j]);
+      uint32_t oc[8][kR / 4];
+#pragma unroll
+      for (int i = 0; i < kR; i += 2) {
+        const float mr0 = e8m0_quant_multiplier(row_code(i));
+        const float mr1 = e8m0_quant_multiplier(row_code(i + 1));
+        uint32_t r0[2], r1[2];
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          const uint32_t wa = word_of(x[i], w), wb = word_of(x[i + 1], w);
+          const float alo = bf16_lo(wa), ahi = bf16_hi(wa), blo = bf16_lo(wb), bhi = bf16_hi(wb);
+          const uint32_t ra = cvt2_fp8<kFmt>(__fmul_rn(alo, mr0), __fmul_rn(ahi, mr0));
+          const uint32_t rb = cvt2_fp8<kFmt>(__fmul_rn(blo, mr1), __fmul_rn(bhi, mr1));
+          const uint32_t clo = cvt2_fp8<kFmt>(__fmul_rn(alo, mc[2 * w]), __fmul_rn(blo, mc[2 * w]));
+          const uint32_t chi = cvt2_fp8<kFmt>(__fmul_rn(ahi, mc[2 * w + 1]), __fmul_rn(bhi, mc[2 * w + 1]));
+          if (w & 1) {
+            r0[w >> 1] |= ra << 16;
+            r1[w >> 1] |= rb << 16;
+          } else {
+            r0[w >> 1] = ra;
+            r1[w >> 1] = rb;
+          }
+          if ((i >> 1) & 1) {
+            oc[2 * w][i >> 2] |= clo << 16;
+            oc[2 * w + 1][i >> 2] |= chi << 16;
+          } else {
+            oc[2 * w][i >> 2] = clo;
+            oc[2 * w + 1][i >> 2] = chi;
+          }
+        }
+        if (kFull || (col_ok && t.n0 + s.rl0 + i < N))
+          *reinterpret_cast<uint2*>(out + i * K) = make_uint2(r0[0], r0[1]);
+        if (kFull || (col_ok && t.n0 + s.rl0 + i + 1 < N))
+          *reinterpret_cast<uint2*>(out + (i + 1) * K) = make_uint2(r1[0], r1[1]);
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        if constexpr (kR == 16) {
+          s_col[(8 * s.c + j) * 8 + phys] = make_uint4(oc[j][0], oc[j][1], oc[j][2], oc[j][3]);
+        } else {
+          reinterpret_cast<uint2*>(s_col)[((8 * s.c + j) * 8 + phys) * 2 + (s.h & 1)] = make_uint2(oc[j][0], oc[j][1]);
+        }
+      }
     }
   }
 
