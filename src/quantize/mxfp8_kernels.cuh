@@ -275,7 +275,7 @@ __global__ void __launch_bounds__(TileMap<kR>::kThreads, (mxfp8_min_blocks<kRow 
 
 // Persistent and pipelined (tile.cuh), dynamic shared memory kStageBytes plus the 18 KiB static transpose buffer of
 // mxfp8_tile; used for rowwise + colwise only (bench/NOTES.md: it lost for the single-output kernels). 2 blocks per
-// SM: 249 registers for kR = 16, 127 for kR = 8, no spills (3-block builds spill: 224 bytes for kR = 16, which ran
+// SM: 243-254 registers for kR = 16, 123-128 for kR = 8 (session 7), no spills (3-block builds spill: 224 bytes for kR = 16, which ran
 // at 54% of copy; 176-208 bytes for kR = 8). Session 5: the colwise data goes through the shared-memory transpose
 // (full 128-byte line stores) instead of straight from registers (32-byte segments): 72 -> 78-80% of copy with
 // linear scales (bench/NOTES.md).
