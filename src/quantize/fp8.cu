@@ -1,9 +1,15 @@
 // FP8 quantize launchers (tensorwise, rowwise, colwise, 1x128, 128x128) and compute_amax.
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
 
 #include "common/check.h"
 #include "common/pdl.h"
+#include "tpcomm/log.h"
 #include "quantize/fp8_kernels.cuh"
 #include "quantize/validate.h"
 #include "tpcomm/quantize.h"
@@ -75,6 +81,179 @@ struct ColCast {
   }
 };
 
+// ---- colwise: which form runs --------------------------------------------------------------------------------------
+// The one-pass cluster kernel wherever a strip fits 16 blocks' shared memory (rows <= 16384 at the default budget),
+// else the two-pass form with one log line (info level, once). Measurement switches (read once; bench/NOTES.md
+// session 8): TPCOMM_QUANT_FP8_COLWISE=two_pass|cluster forces a form (cluster on a shape it cannot take is an
+// error naming rows); TPCOMM_QUANT_COLWISE_W=32|64|128 forces the strip width; TPCOMM_QUANT_COLWISE_SMEM_KB sets
+// the shared memory per block (default 64: three blocks per SM, so blocks in different phases overlap; 80 KiB
+// measured 63% of copy at 8192x8192 against 73%, 32 KiB 61% because the strip must narrow).
+enum class ColForm { kAuto, kCluster, kTwoPass };
+
+const char* env_or_null(const char* name) {
+  const char* e = std::getenv(name);
+  return (e == nullptr || e[0] == '\0') ? nullptr : e;
+}
+
+ColForm col_form() {
+  static const ColForm v = [] {
+    const char* e = env_or_null("TPCOMM_QUANT_FP8_COLWISE");
+    if (e == nullptr) return ColForm::kAuto;
+    const std::string s(e);
+    if (s == "cluster") return ColForm::kCluster;
+    if (s == "two_pass") return ColForm::kTwoPass;
+    if (s == "auto") return ColForm::kAuto;
+    throw Error(ErrorCode::kInvalidArgument, "TPCOMM_QUANT_FP8_COLWISE: '" + s + "' is not auto, cluster or two_pass");
+  }();
+  return v;
+}
+
+int col_width_override() {
+  static const int v = [] {
+    const char* e = env_or_null("TPCOMM_QUANT_COLWISE_W");
+    if (e == nullptr) return 0;
+    const std::string s(e);
+    if (s == "32" || s == "64" || s == "128") return std::stoi(s);
+    throw Error(ErrorCode::kInvalidArgument, "TPCOMM_QUANT_COLWISE_W: '" + s + "' is not 32, 64 or 128");
+  }();
+  return v;
+}
+
+int64_t col_smem_budget() {
+  static const int64_t v = [] {
+    const char* e = env_or_null("TPCOMM_QUANT_COLWISE_SMEM_KB");
+    if (e == nullptr) return int64_t(64) << 10;
+    char* end = nullptr;
+    const long kb = std::strtol(e, &end, 10);
+    if (end == e || *end != '\0' || kb < 1 || kb > 200)
+      throw Error(ErrorCode::kInvalidArgument, std::string("TPCOMM_QUANT_COLWISE_SMEM_KB: '") + e + "' is not 1..200");
+    return int64_t(kb) << 10;
+  }();
+  return v;
+}
+
+using ColKernel = void (*)(Fp8ColClusterParams);
+
+template <int kFmt, int kW>
+constexpr ColKernel col_cluster_kernel = fp8_colwise_cluster_kernel<kFmt, kW>;
+
+// Opt-ins (once per kernel): clusters of up to 16 blocks, dynamic shared memory up to the budget's maximum.
+template <int kFmt, int kW>
+void col_cluster_attributes() {
+  static const bool done = [] {
+    TPCOMM_CUDA_CHECK(cudaFuncSetAttribute(col_cluster_kernel<kFmt, kW>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    TPCOMM_CUDA_CHECK(cudaFuncSetAttribute(col_cluster_kernel<kFmt, kW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           200 << 10));
+    return true;
+  }();
+  (void)done;
+}
+
+// Clusters of C blocks with `smem` bytes each that can be resident at once (0: the launch would fail). Cached.
+template <int kFmt, int kW>
+int col_cluster_capacity(unsigned c, std::size_t smem) {
+  static std::mutex mu;
+  static std::map<std::pair<unsigned, std::size_t>, int> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(c, smem);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  col_cluster_attributes<kFmt, kW>();
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(c * 64);
+  cfg.blockDim = dim3(kColClusterThreads);
+  cfg.dynamicSmemBytes = smem;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = c;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int n = 0;
+  if (cudaOccupancyMaxActiveClusters(&n, col_cluster_kernel<kFmt, kW>, &cfg) != cudaSuccess) {
+    (void)cudaGetLastError();
+    n = 0;
+  }
+  cache.emplace(key, n);
+  return n;
+}
+
+struct ColClusterPlan {
+  int w = 0;
+  unsigned c = 0;
+  int64_t rows_per_block = 0;
+  std::size_t smem = 0;
+};
+
+template <int kFmt>
+int col_capacity(const ColClusterPlan& pl) {
+  switch (pl.w) {
+    case 32: return col_cluster_capacity<kFmt, 32>(pl.c, pl.smem);
+    case 64: return col_cluster_capacity<kFmt, 64>(pl.c, pl.smem);
+    case 128: return col_cluster_capacity<kFmt, 128>(pl.c, pl.smem);
+  }
+  return 0;
+}
+
+// Strip width: 64 columns (128-byte row segments) wherever the strip fits; 32 (64-byte segments, 61% against 73%)
+// for taller matrices; 128 only when forced (measured 73.4% against 76.2% at 4096x14336, level elsewhere; NOTES
+// session 8). C = ceil(rows * W * 2 / budget) blocks of ceil(rows / C) rows each, C <= 16.
+template <int kFmt>
+std::optional<ColClusterPlan> plan_col_cluster(int64_t rows) {
+  const int64_t budget = col_smem_budget();
+  const int forced = col_width_override();
+  for (int w : {64, 32, 128}) {
+    if (forced != 0 ? w != forced : w == 128) continue;
+    const int64_t c = std::max<int64_t>(1, (rows * w * 2 + budget - 1) / budget);
+    if (c > kColClusterMax) continue;
+    ColClusterPlan pl;
+    pl.w = w;
+    pl.c = static_cast<unsigned>(c);
+    pl.rows_per_block = (rows + c - 1) / c;
+    pl.smem = static_cast<std::size_t>(pl.rows_per_block * w * 2);
+    if (col_capacity<kFmt>(pl) > 0) return pl;
+  }
+  return std::nullopt;
+}
+
+template <int kFmt, int kW>
+void launch_col_cluster(Fp8ColClusterParams kp, const ColClusterPlan& pl, cudaStream_t stream) {
+  col_cluster_attributes<kFmt, kW>();
+  kp.rows_per_block = pl.rows_per_block;
+  const int64_t strips = (kp.cols + kW - 1) / kW;
+  ::tpcomm::detail::launch_kernel_cluster(col_cluster_kernel<kFmt, kW>, dim3(static_cast<unsigned>(strips * pl.c)),
+                                          kColClusterThreads, pl.smem, pl.c, stream, kp);
+}
+
+template <int kFmt>
+struct ColCluster {
+  // False when no plan fits (the caller runs the two-pass form).
+  static bool run(const Fp8ColClusterParams& kp, cudaStream_t stream) {
+    const auto pl = plan_col_cluster<kFmt>(kp.rows);
+    if (!pl) {
+      if (col_form() == ColForm::kCluster)
+        throw Error(ErrorCode::kInvalidArgument,
+                    "rows: " + std::to_string(kp.rows) +
+                        " rows do not fit the one-pass colwise kernel (16 blocks x TPCOMM_QUANT_COLWISE_SMEM_KB of "
+                        "shared memory), and TPCOMM_QUANT_FP8_COLWISE=cluster forbids the two-pass form");
+      static std::once_flag once;
+      std::call_once(once, [&] {
+        log(LogLevel::kInfo, "fp8 colwise: " + std::to_string(kp.rows) +
+                                 " rows do not fit one cluster's shared memory; using the two-pass form (input read "
+                                 "twice). Logged once.");
+      });
+      return false;
+    }
+    if ((kp.cols + pl->w - 1) / pl->w * pl->c > int64_t(0x7fffffff)) return false;  // beyond grid.x
+    switch (pl->w) {
+      case 32: launch_col_cluster<kFmt, 32>(kp, *pl, stream); break;
+      case 64: launch_col_cluster<kFmt, 64>(kp, *pl, stream); break;
+      default: launch_col_cluster<kFmt, 128>(kp, *pl, stream); break;
+    }
+    return true;
+  }
+};
+
 template <int kFmt>
 struct Block1x128 {
   static void run(const Fp8BlockParams& kp, int64_t tiles, cudaStream_t stream) {
@@ -120,6 +299,14 @@ void fp8_quantize(const Fp8QuantizeParams& p, cudaStream_t stream) {
       break;
     }
     case Fp8Scaling::kColwise: {
+      if (col_form() != ColForm::kTwoPass) {
+        const Fp8ColClusterParams cp{in, p.rows, p.cols, 0, out, reinterpret_cast<uint32_t*>(p.amax_out), p.scale_inv,
+                                     fmax, p.pow2_scales};
+        bool ran = false;
+        if (p.format == Fp8Format::kE4M3) ran = ColCluster<0>::run(cp, stream);
+        else if (p.format == Fp8Format::kE5M2) ran = ColCluster<1>::run(cp, stream);
+        if (ran) break;
+      }
       launch_zero(p.amax_out, p.cols, stream);
       // Enough blocks to fill the GPU; each block covers 256 columns and a slice of rows.
       const int64_t col_blocks = (p.cols + 255) / 256;

@@ -1,5 +1,6 @@
 // FP8 (e4m3 / e5m2) quantization with float32 scales: amax reduction, tensorwise cast, rowwise (one block per
-// row, the row held in registers), colwise (column amax pass + cast pass), and the 1x128 / 128x128 block
+// row, the row held in registers), colwise (one pass over a column strip held by a thread-block cluster, or a
+// column amax pass + cast pass when the strip does not fit), and the 1x128 / 128x128 block
 // formats on the 128 x 128 tile of tile.cuh.
 #pragma once
 
@@ -182,6 +183,17 @@ struct Fp8ColParams {
   bool pow2;
 };
 
+// Quantizes 8 consecutive bf16 of one row, element j with its column's multiplier qs[j].
+template <int kFmt>
+__device__ __forceinline__ uint2 quant8_fp8_cols(const uint4& v, const float (&qs)[8]) {
+  uint2 o;
+  o.x = cvt2_fp8<kFmt>(__fmul_rn(bf16_lo(v.x), qs[0]), __fmul_rn(bf16_hi(v.x), qs[1])) |
+        (cvt2_fp8<kFmt>(__fmul_rn(bf16_lo(v.y), qs[2]), __fmul_rn(bf16_hi(v.y), qs[3])) << 16);
+  o.y = cvt2_fp8<kFmt>(__fmul_rn(bf16_lo(v.z), qs[4]), __fmul_rn(bf16_hi(v.z), qs[5])) |
+        (cvt2_fp8<kFmt>(__fmul_rn(bf16_lo(v.w), qs[6]), __fmul_rn(bf16_hi(v.w), qs[7])) << 16);
+  return o;
+}
+
 __global__ void __launch_bounds__(kColThreads) fp8_colamax_kernel(const __grid_constant__ Fp8ColParams p) {
   ::tpcomm::detail::pdl_prologue();
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -247,14 +259,7 @@ __global__ void __launch_bounds__(kColThreads) fp8_colcast_kernel(const __grid_c
   }
   const int64_t r_begin = static_cast<int64_t>(blockIdx.y) * p.rows_per_block;
   const int64_t r_end = min(p.rows, r_begin + p.rows_per_block);
-  auto cast = [&](const uint4& v) {
-    uint2 o;
-    o.x = cvt2_fp8<kFmt>(__fmul_rn(bf16_lo(v.x), qs[0]), __fmul_rn(bf16_hi(v.x), qs[1])) |
-          (cvt2_fp8<kFmt>(__fmul_rn(bf16_lo(v.y), qs[2]), __fmul_rn(bf16_hi(v.y), qs[3])) << 16);
-    o.y = cvt2_fp8<kFmt>(__fmul_rn(bf16_lo(v.z), qs[4]), __fmul_rn(bf16_hi(v.z), qs[5])) |
-          (cvt2_fp8<kFmt>(__fmul_rn(bf16_lo(v.w), qs[6]), __fmul_rn(bf16_hi(v.w), qs[7])) << 16);
-    return o;
-  };
+  auto cast = [&](const uint4& v) { return quant8_fp8_cols<kFmt>(v, qs); };
   // Bottom-up: loop index i covers [r_begin, r_end) as in the amax pass, row = mirror(i).
   const int64_t mirror = r_begin + r_end - 1;
   int64_t i = r_begin + w;
@@ -269,6 +274,223 @@ __global__ void __launch_bounds__(kColThreads) fp8_colcast_kernel(const __grid_c
     const int64_t r = mirror - i;
     *reinterpret_cast<uint2*>(p.out + r * p.cols + col) = cast(ld_stream(p.in + r * p.cols + col));
   }
+}
+
+// ---- colwise in one pass: a thread-block cluster holds a column strip on chip --------------------------------
+// A column's scale needs the amax of the whole column before any element of it can be cast, so the two-pass form
+// above reads the input twice: ~5 bytes of traffic per 3 logical bytes, a ceiling near 60% of copy (measured
+// 49-51%). Here a cluster of C blocks (C <= 16; above 8 needs the non-portable opt-in) owns a strip of kW columns
+// over all rows, small enough to sit in the cluster's shared memory (the launcher keeps rows_per_block * kW * 2
+// bytes per block under a budget, 64 KiB: three blocks per SM):
+//   1. block k loads rows [k * rows_per_block, +rows_per_block) of the strip into its shared memory and reduces
+//      their column amax. A thread owns the 16-byte slots it loads and later casts (thread-private: no
+//      __syncthreads between load and cast, no bank conflicts; cp.async.wait_group makes a thread's own copies
+//      visible to it);
+//   2. the block's partial amax goes to shared memory; cluster barrier (arrive.release / wait.acquire: every
+//      partial is visible to the whole cluster after it);
+//   3. kW / 8 threads read the C partials over DSMEM and compute the column scales (the same fp8_scale_from_amax
+//      as the two-pass form, so the bits are the same); block 0 of the cluster writes scale_inv and amax_out;
+//   4. every block casts its rows from shared memory and writes them once.
+// Input read once, output written once. A final cluster barrier keeps each block's shared memory alive until its
+// peers' DSMEM reads are done (arrived after step 3, waited for after step 4). The barriers cannot hang: the hardware
+// co-schedules the C blocks of a cluster and every thread arrives at every barrier (no early return).
+// Loads: every load of a thread is issued at once as cp.async into its slots (A/B in bench/NOTES.md, session 8:
+// loading through registers 8 at a time measured 57% of copy at 8192x8192 against 73%; a persistent form with two
+// buffers, the next strip's loads in flight during this one's cast, 50%: it needs 128 KiB per block, one block per
+// SM, and then nothing overlaps the cluster barrier).
+constexpr int kColClusterThreads = 256;
+constexpr int kColClusterMax = 16;  // the largest cluster Hopper schedules (non-portable above 8)
+
+struct Fp8ColClusterParams {
+  const uint16_t* in;
+  int64_t rows;
+  int64_t cols;
+  int64_t rows_per_block;  // rows of the strip held by one block of the cluster
+  uint8_t* out;
+  uint32_t* amax_bits;  // [cols], fp32 bit patterns (as the two-pass form leaves them)
+  float* scale_inv;     // [cols]
+  double fp8_max;
+  bool pow2;
+};
+
+__device__ __forceinline__ void cluster_arrive_release() {
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait_acquire() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ uint32_t cluster_rank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ uint32_t cluster_size() {
+  uint32_t n;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
+  return n;
+}
+// 16 bytes at the same shared-memory offset as `local`, in the shared memory of cluster block `rank`.
+__device__ __forceinline__ uint4 ld_dsmem(const uint4* local, uint32_t rank) {
+  uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(local)), remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(a), "r"(rank));
+  uint4 v;
+  asm volatile("ld.shared::cluster.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(remote)
+               : "memory");
+  return v;
+}
+__device__ __forceinline__ uint4 max_u16x8(const uint4& a, const uint4& b) {
+  return make_uint4(max_u16x2(a.x, b.x), max_u16x2(a.y, b.y), max_u16x2(a.z, b.z), max_u16x2(a.w, b.w));
+}
+__device__ __forceinline__ uint4 abs_u16x8(const uint4& v) { return make_uint4(abs2(v.x), abs2(v.y), abs2(v.z), abs2(v.w)); }
+
+// The per-thread view of one strip: this thread's column chunk, its rows, its slots.
+template <int kW>
+struct ColStripThread {
+  static constexpr int kChunks = kW / 8;                             // 16-byte chunks per strip row
+  static constexpr int kRowsPerStep = kColClusterThreads / kChunks;  // strip rows the block covers per step
+  static constexpr int kUnroll = 8;
+  static_assert(kW % 8 == 0 && 32 % kChunks == 0, "a row of the strip is a power-of-two share of a warp");
+  int chunk, r_first, nr;  // nr: rows of the strip this block holds
+  int64_t r0, step;        // first row of the block; elements between a thread's rows
+
+  // Issues the cp.async loads of this thread's chunks of strip column `col` into `slots` (this thread's first
+  // slot; its next ones are kRowsPerStep * kChunks apart) and commits them as one group (maybe empty).
+  __device__ __forceinline__ void issue(const uint16_t* in, int64_t cols, int64_t col, bool col_ok, uint4* slots) const {
+    if (col_ok) {
+      const uint16_t* src = in + (r0 + r_first) * cols + col;
+      uint32_t sa = static_cast<uint32_t>(__cvta_generic_to_shared(slots));
+      for (int i = r_first; i < nr; i += kRowsPerStep, src += step, sa += kRowsPerStep * kChunks * 16) cp_async16(sa, src, 16u);
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+  }
+  // amax over this thread's slots.
+  __device__ __forceinline__ uint4 fold(const uint4* slots) const {
+    uint4 a = make_uint4(0u, 0u, 0u, 0u);
+    int i = r_first;
+    const uint4* s = slots;
+    for (; i + (kUnroll - 1) * kRowsPerStep < nr; i += kUnroll * kRowsPerStep, s += kUnroll * kRowsPerStep * kChunks) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) a = max_u16x8(a, abs_u16x8(s[u * kRowsPerStep * kChunks]));
+    }
+    for (; i < nr; i += kRowsPerStep, s += kRowsPerStep * kChunks) a = max_u16x8(a, abs_u16x8(*s));
+    return a;
+  }
+  // Casts this thread's slots with its 8 column multipliers and stores them.
+  template <int kFmt>
+  __device__ __forceinline__ void cast(const uint4* slots, uint8_t* out, int64_t cols, int64_t col,
+                                       const float (&qs)[8]) const {
+    uint8_t* dst = out + (r0 + r_first) * cols + col;
+    int i = r_first;
+    const uint4* s = slots;
+    for (; i + (kUnroll - 1) * kRowsPerStep < nr;
+         i += kUnroll * kRowsPerStep, s += kUnroll * kRowsPerStep * kChunks, dst += kUnroll * step) {
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+        *reinterpret_cast<uint2*>(dst + u * step) = quant8_fp8_cols<kFmt>(s[u * kRowsPerStep * kChunks], qs);
+    }
+    for (; i < nr; i += kRowsPerStep, s += kRowsPerStep * kChunks, dst += step)
+      *reinterpret_cast<uint2*>(dst) = quant8_fp8_cols<kFmt>(*s, qs);
+  }
+};
+
+// Block amax of every strip column: lanes of a warp with the same chunk, then the warps; threads t < kChunks
+// write chunk t's amax to part[t]. Contains one __syncthreads.
+template <int kW>
+__device__ __forceinline__ void col_block_amax(uint4 a, uint4 (*s_warp)[kW / 8], uint4* part) {
+  constexpr int kChunks = kW / 8;
+  const int t = threadIdx.x, lane = t & 31, w = t >> 5;
+#pragma unroll
+  for (int off = kChunks; off < 32; off <<= 1) {
+    uint4 o;
+    o.x = __shfl_xor_sync(0xffffffffu, a.x, off);
+    o.y = __shfl_xor_sync(0xffffffffu, a.y, off);
+    o.z = __shfl_xor_sync(0xffffffffu, a.z, off);
+    o.w = __shfl_xor_sync(0xffffffffu, a.w, off);
+    a = max_u16x8(a, o);
+  }
+  if (lane < kChunks) s_warp[w][lane] = a;
+  __syncthreads();
+  if (t < kChunks) {
+    uint4 m = s_warp[0][t];
+#pragma unroll
+    for (int k = 1; k < kColClusterThreads / 32; ++k) m = max_u16x8(m, s_warp[k][t]);
+    part[t] = m;
+  }
+}
+
+// After the cluster barrier: threads t < kChunks combine the cluster's partials part[t], write the multipliers
+// of their 8 columns to s_qs, and (cluster block 0) scale_inv and the amax bits. strip_col0: the strip's first column.
+template <int kW>
+__device__ __forceinline__ void col_cluster_scales(const Fp8ColClusterParams& p, const uint4* part, uint32_t csize,
+                                                   uint32_t crank, int64_t strip_col0, float* s_qs) {
+  const int t = threadIdx.x;
+  if (t >= kW / 8) return;
+  uint4 m = make_uint4(0u, 0u, 0u, 0u);
+  for (uint32_t k = 0; k < csize; ++k) m = max_u16x8(m, ld_dsmem(&part[t], k));
+  const uint32_t words[4] = {m.x, m.y, m.z, m.w};
+  const int64_t c0 = strip_col0 + t * 8;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const uint32_t bits = ((j & 1) ? (words[j >> 1] >> 16) : (words[j >> 1] & 0xffffu)) << 16;
+    const float qs = fp8_scale_from_amax(__uint_as_float(bits), p.fp8_max, p.pow2);
+    s_qs[t * 8 + j] = qs;
+    if (crank == 0 && c0 < p.cols) {
+      p.scale_inv[c0 + j] = __fdiv_rn(1.0f, qs);
+      p.amax_bits[c0 + j] = bits;
+    }
+  }
+}
+
+__device__ __forceinline__ void load_qs8(const float* s_qs, int chunk, float (&qs)[8]) {
+  const float4 q0 = *reinterpret_cast<const float4*>(&s_qs[chunk * 8]);
+  const float4 q1 = *reinterpret_cast<const float4*>(&s_qs[chunk * 8 + 4]);
+  qs[0] = q0.x, qs[1] = q0.y, qs[2] = q0.z, qs[3] = q0.w, qs[4] = q1.x, qs[5] = q1.y, qs[6] = q1.z, qs[7] = q1.w;
+}
+
+template <int kFmt, int kW>
+__global__ void __launch_bounds__(kColClusterThreads) fp8_colwise_cluster_kernel(const __grid_constant__ Fp8ColClusterParams p) {
+  using S = ColStripThread<kW>;
+  constexpr int kChunks = S::kChunks;
+  extern __shared__ uint4 s_data[];  // [rows_per_block][kChunks]
+  __shared__ uint4 s_warp[kColClusterThreads / 32][kChunks];
+  __shared__ uint4 s_part[kChunks];  // this block's column amax (bf16 |x| bit patterns), read by the cluster
+  __shared__ __align__(16) float s_qs[kW];
+
+  ::tpcomm::detail::pdl_prologue();
+  const uint32_t csize = cluster_size(), crank = cluster_rank();
+  const int t = threadIdx.x;
+  S th;
+  th.chunk = t % kChunks;
+  th.r_first = t / kChunks;
+  th.r0 = static_cast<int64_t>(crank) * p.rows_per_block;
+  const int64_t left = p.rows - th.r0;
+  th.nr = left <= 0 ? 0 : static_cast<int>(left < p.rows_per_block ? left : p.rows_per_block);
+  th.step = static_cast<int64_t>(S::kRowsPerStep) * p.cols;
+  uint4* const slots = s_data + th.r_first * kChunks + th.chunk;
+  const int64_t strip_col0 = static_cast<int64_t>(blockIdx.x / csize) * kW;
+  const int64_t col = strip_col0 + th.chunk * 8;
+  const bool col_ok = col < p.cols;
+
+  // 1. Load and keep this block's rows of the strip; column amax.
+  th.issue(p.in, p.cols, col, col_ok, slots);
+  asm volatile("cp.async.wait_group 0;" ::: "memory");
+  // 2. Block partial, cluster barrier.
+  col_block_amax<kW>(col_ok ? th.fold(slots) : make_uint4(0u, 0u, 0u, 0u), s_warp, s_part);
+  cluster_arrive_release();
+  cluster_wait_acquire();
+  // 3. Column scales from the cluster's partials.
+  col_cluster_scales<kW>(p, s_part, csize, crank, strip_col0, s_qs);
+  cluster_arrive_release();  // this block's DSMEM reads are done (the matching wait is at the end)
+  __syncthreads();
+  // 4. Cast the rows held in shared memory.
+  if (col_ok) {
+    float qs[8];
+    load_qs8(s_qs, th.chunk, qs);
+    th.template cast<kFmt>(slots, p.out, p.cols, col, qs);
+  }
+  cluster_wait_acquire();  // every peer is done reading this block's s_part
 }
 
 // ---- 1x128 and 128x128 blocks on the 128 x 128 tile ---------------------------------------------------------------
