@@ -6,6 +6,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <tuple>
 
 #include "common/check.h"
 #include "common/pdl.h"
@@ -82,12 +83,13 @@ struct ColCast {
 };
 
 // ---- colwise: which form runs --------------------------------------------------------------------------------------
-// The one-pass cluster kernel wherever a strip fits 16 blocks' shared memory (rows <= 16384 at the default budget),
+// The one-pass cluster kernel wherever a strip fits 16 blocks (rows <= 16384 at the default 64 KiB per block),
 // else the two-pass form with one log line (info level, once). Measurement switches (read once; bench/NOTES.md
 // session 8): TPCOMM_QUANT_FP8_COLWISE=two_pass|cluster forces a form (cluster on a shape it cannot take is an
-// error naming rows); TPCOMM_QUANT_COLWISE_W=32|64|128 forces the strip width; TPCOMM_QUANT_COLWISE_SMEM_KB sets
-// the shared memory per block (default 64: three blocks per SM, so blocks in different phases overlap; 80 KiB
-// measured 63% of copy at 8192x8192 against 73%, 32 KiB 61% because the strip must narrow).
+// error naming rows); TPCOMM_QUANT_COLWISE_W=32|64|128 forces the strip width; TPCOMM_QUANT_COLWISE_REGS=0|4 forces
+// the rows per thread held in registers; TPCOMM_QUANT_COLWISE_BLOCK_KB sets the strip bytes per block (default 64:
+// three blocks per SM in shared memory alone, four with registers; 80 KiB measured 63% of copy at 8192x8192 against
+// 73%, 32 KiB 61% because the strip must narrow; the session-8 A/B calls name it TPCOMM_QUANT_COLWISE_SMEM_KB).
 enum class ColForm { kAuto, kCluster, kTwoPass };
 
 const char* env_or_null(const char* name) {
@@ -119,14 +121,14 @@ int col_width_override() {
   return v;
 }
 
-int64_t col_smem_budget() {
+int64_t col_block_budget() {
   static const int64_t v = [] {
-    const char* e = env_or_null("TPCOMM_QUANT_COLWISE_SMEM_KB");
+    const char* e = env_or_null("TPCOMM_QUANT_COLWISE_BLOCK_KB");
     if (e == nullptr) return int64_t(64) << 10;
     char* end = nullptr;
     const long kb = std::strtol(e, &end, 10);
     if (end == e || *end != '\0' || kb < 1 || kb > 200)
-      throw Error(ErrorCode::kInvalidArgument, std::string("TPCOMM_QUANT_COLWISE_SMEM_KB: '") + e + "' is not 1..200");
+      throw Error(ErrorCode::kInvalidArgument, std::string("TPCOMM_QUANT_COLWISE_BLOCK_KB: '") + e + "' is not 1..200");
     return int64_t(kb) << 10;
   }();
   return v;
@@ -134,16 +136,33 @@ int64_t col_smem_budget() {
 
 using ColKernel = void (*)(Fp8ColClusterParams);
 
+// TPCOMM_QUANT_COLWISE_REGS=0|4 (measurement switch, read once; -1 = unset): rows per thread kept in registers.
+int col_regs_override() {
+  static const int v = [] {
+    const char* e = env_or_null("TPCOMM_QUANT_COLWISE_REGS");
+    if (e == nullptr) return -1;
+    const std::string s(e);
+    if (s == "0") return 0;
+    if (s == "4") return 4;
+    throw Error(ErrorCode::kInvalidArgument, "TPCOMM_QUANT_COLWISE_REGS: '" + s + "' is not 0 or 4");
+  }();
+  return v;
+}
+
 template <int kFmt, int kW>
-constexpr ColKernel col_cluster_kernel = fp8_colwise_cluster_kernel<kFmt, kW>;
+ColKernel col_cluster_kernel(int regs) {
+  return regs == 4 ? fp8_colwise_cluster_kernel<kFmt, kW, 4> : fp8_colwise_cluster_kernel<kFmt, kW, 0>;
+}
 
 // Opt-ins (once per kernel): clusters of up to 16 blocks, dynamic shared memory up to the budget's maximum.
 template <int kFmt, int kW>
 void col_cluster_attributes() {
   static const bool done = [] {
-    TPCOMM_CUDA_CHECK(cudaFuncSetAttribute(col_cluster_kernel<kFmt, kW>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-    TPCOMM_CUDA_CHECK(cudaFuncSetAttribute(col_cluster_kernel<kFmt, kW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           200 << 10));
+    for (int regs : {0, 4}) {
+      const ColKernel k = col_cluster_kernel<kFmt, kW>(regs);
+      TPCOMM_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+      TPCOMM_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 << 10));
+    }
     return true;
   }();
   (void)done;
@@ -151,11 +170,11 @@ void col_cluster_attributes() {
 
 // Clusters of C blocks with `smem` bytes each that can be resident at once (0: the launch would fail). Cached.
 template <int kFmt, int kW>
-int col_cluster_capacity(unsigned c, std::size_t smem) {
+int col_cluster_capacity(int regs, unsigned c, std::size_t smem) {
   static std::mutex mu;
-  static std::map<std::pair<unsigned, std::size_t>, int> cache;
+  static std::map<std::tuple<int, unsigned, std::size_t>, int> cache;
   std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_pair(c, smem);
+  const auto key = std::make_tuple(regs, c, smem);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   col_cluster_attributes<kFmt, kW>();
   cudaLaunchConfig_t cfg{};
@@ -170,7 +189,7 @@ int col_cluster_capacity(unsigned c, std::size_t smem) {
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   int n = 0;
-  if (cudaOccupancyMaxActiveClusters(&n, col_cluster_kernel<kFmt, kW>, &cfg) != cudaSuccess) {
+  if (cudaOccupancyMaxActiveClusters(&n, col_cluster_kernel<kFmt, kW>(regs), &cfg) != cudaSuccess) {
     (void)cudaGetLastError();
     n = 0;
   }
@@ -180,6 +199,7 @@ int col_cluster_capacity(unsigned c, std::size_t smem) {
 
 struct ColClusterPlan {
   int w = 0;
+  int regs = 0;  // rows per thread in registers (kernel template kRegs)
   unsigned c = 0;
   int64_t rows_per_block = 0;
   std::size_t smem = 0;
@@ -188,9 +208,9 @@ struct ColClusterPlan {
 template <int kFmt>
 int col_capacity(const ColClusterPlan& pl) {
   switch (pl.w) {
-    case 32: return col_cluster_capacity<kFmt, 32>(pl.c, pl.smem);
-    case 64: return col_cluster_capacity<kFmt, 64>(pl.c, pl.smem);
-    case 128: return col_cluster_capacity<kFmt, 128>(pl.c, pl.smem);
+    case 32: return col_cluster_capacity<kFmt, 32>(pl.regs, pl.c, pl.smem);
+    case 64: return col_cluster_capacity<kFmt, 64>(pl.regs, pl.c, pl.smem);
+    case 128: return col_cluster_capacity<kFmt, 128>(pl.regs, pl.c, pl.smem);
   }
   return 0;
 }
@@ -198,9 +218,13 @@ int col_capacity(const ColClusterPlan& pl) {
 // Strip width: 64 columns (128-byte row segments) wherever the strip fits; 32 (64-byte segments, 61% against 73%)
 // for taller matrices; 128 only when forced (measured 73.4% against 76.2% at 4096x14336, level elsewhere; NOTES
 // session 8). C = ceil(rows * W * 2 / budget) blocks of ceil(rows / C) rows each, C <= 16.
+// Registers: with more blocks than three per SM (several waves), 4 rows per thread go to registers and a block
+// takes 48 instead of 64 KiB of shared memory, so four blocks share an SM (8192x8192 76 -> 79%, 4096x14336 78 ->
+// 80%). A grid of one wave or less keeps everything in shared memory: at four per SM its blocks would crowd onto
+// fewer SMs (2048x5120, 320 blocks: 12.1 -> 14.3 us with registers).
 template <int kFmt>
-std::optional<ColClusterPlan> plan_col_cluster(int64_t rows) {
-  const int64_t budget = col_smem_budget();
+std::optional<ColClusterPlan> plan_col_cluster(int64_t rows, int64_t cols) {
+  const int64_t budget = col_block_budget();
   const int forced = col_width_override();
   for (int w : {64, 32, 128}) {
     if (forced != 0 ? w != forced : w == 128) continue;
@@ -210,7 +234,10 @@ std::optional<ColClusterPlan> plan_col_cluster(int64_t rows) {
     pl.w = w;
     pl.c = static_cast<unsigned>(c);
     pl.rows_per_block = (rows + c - 1) / c;
-    pl.smem = static_cast<std::size_t>(pl.rows_per_block * w * 2);
+    const int64_t blocks = (cols + w - 1) / w * c;
+    pl.regs = col_regs_override() >= 0 ? col_regs_override() : (blocks > int64_t(3) * sm_count() ? 4 : 0);
+    const int64_t reg_rows = int64_t(pl.regs) * (kColClusterThreads / (w / 8));  // rows a block keeps in registers
+    pl.smem = static_cast<std::size_t>(std::max<int64_t>(0, pl.rows_per_block - reg_rows) * w * 2);
     if (col_capacity<kFmt>(pl) > 0) return pl;
   }
   return std::nullopt;
@@ -221,21 +248,22 @@ void launch_col_cluster(Fp8ColClusterParams kp, const ColClusterPlan& pl, cudaSt
   col_cluster_attributes<kFmt, kW>();
   kp.rows_per_block = pl.rows_per_block;
   const int64_t strips = (kp.cols + kW - 1) / kW;
-  ::tpcomm::detail::launch_kernel_cluster(col_cluster_kernel<kFmt, kW>, dim3(static_cast<unsigned>(strips * pl.c)),
-                                          kColClusterThreads, pl.smem, pl.c, stream, kp);
+  ::tpcomm::detail::launch_kernel_cluster(col_cluster_kernel<kFmt, kW>(pl.regs),
+                                          dim3(static_cast<unsigned>(strips * pl.c)), kColClusterThreads, pl.smem,
+                                          pl.c, stream, kp);
 }
 
 template <int kFmt>
 struct ColCluster {
   // False when no plan fits (the caller runs the two-pass form).
   static bool run(const Fp8ColClusterParams& kp, cudaStream_t stream) {
-    const auto pl = plan_col_cluster<kFmt>(kp.rows);
+    const auto pl = plan_col_cluster<kFmt>(kp.rows, kp.cols);
     if (!pl) {
       if (col_form() == ColForm::kCluster)
         throw Error(ErrorCode::kInvalidArgument,
                     "rows: " + std::to_string(kp.rows) +
-                        " rows do not fit the one-pass colwise kernel (16 blocks x TPCOMM_QUANT_COLWISE_SMEM_KB of "
-                        "shared memory), and TPCOMM_QUANT_FP8_COLWISE=cluster forbids the two-pass form");
+                        " rows do not fit the one-pass colwise kernel (16 blocks x TPCOMM_QUANT_COLWISE_BLOCK_KB), and"
+                        " TPCOMM_QUANT_FP8_COLWISE=cluster forbids the two-pass form");
       static std::once_flag once;
       std::call_once(once, [&] {
         log(LogLevel::kInfo, "fp8 colwise: " + std::to_string(kp.rows) +

@@ -286,14 +286,15 @@ __global__ void __launch_bounds__(kColThreads) fp8_colcast_kernel(const __grid_c
 //      their column amax. A thread owns the 16-byte slots it loads and later casts (thread-private: no
 //      __syncthreads between load and cast, no bank conflicts; cp.async.wait_group makes a thread's own copies
 //      visible to it);
-//   2. the block's partial amax goes to shared memory; cluster barrier (arrive.release / wait.acquire: every
-//      partial is visible to the whole cluster after it);
-//   3. kW / 8 threads read the C partials over DSMEM and compute the column scales (the same fp8_scale_from_amax
-//      as the two-pass form, so the bits are the same); block 0 of the cluster writes scale_inv and amax_out;
+//   2. kW / 8 threads store the block's partial amax into the shared memory of every block of the cluster (DSMEM);
+//      cluster barrier (arrive.release / wait.acquire: every partial is visible to every block after it);
+//   3. the same threads combine the C partials from their own shared memory into the column scales (the same
+//      fp8_scale_from_amax as the two-pass form, so the bits are the same); block 0 of the cluster writes
+//      scale_inv and amax_out;
 //   4. every block casts its rows from shared memory and writes them once.
-// Input read once, output written once. A final cluster barrier keeps each block's shared memory alive until its
-// peers' DSMEM reads are done (arrived after step 3, waited for after step 4). The barriers cannot hang: the hardware
-// co-schedules the C blocks of a cluster and every thread arrives at every barrier (no early return).
+// Input read once, output written once. No DSMEM access after the barrier, so a block may exit while its peers
+// still cast. The barrier cannot hang: the hardware co-schedules the C blocks of a cluster and every thread
+// arrives at it (no early return).
 // Loads: every load of a thread is issued at once as cp.async into its slots (A/B in bench/NOTES.md, session 8:
 // loading through registers 8 at a time measured 57% of copy at 8192x8192 against 73%; a persistent form with two
 // buffers, the next strip's loads in flight during this one's cast, 50%: it needs 128 KiB per block, one block per
@@ -329,16 +330,14 @@ __device__ __forceinline__ uint32_t cluster_size() {
   asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
   return n;
 }
-// 16 bytes at the same shared-memory offset as `local`, in the shared memory of cluster block `rank`.
-__device__ __forceinline__ uint4 ld_dsmem(const uint4* local, uint32_t rank) {
+// Stores 16 bytes at the same shared-memory offset as `local`, in the shared memory of cluster block `rank`
+// (fire and forget; made visible to that block by the next cluster barrier's release/acquire).
+__device__ __forceinline__ void st_dsmem(uint4* local, uint32_t rank, const uint4& v) {
   uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(local)), remote;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(a), "r"(rank));
-  uint4 v;
-  asm volatile("ld.shared::cluster.v4.u32 {%0, %1, %2, %3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "r"(remote)
+  asm volatile("st.shared::cluster.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(remote), "r"(v.x), "r"(v.y), "r"(v.z),
+               "r"(v.w)
                : "memory");
-  return v;
 }
 __device__ __forceinline__ uint4 max_u16x8(const uint4& a, const uint4& b) {
   return make_uint4(max_u16x2(a.x, b.x), max_u16x2(a.y, b.y), max_u16x2(a.z, b.z), max_u16x2(a.w, b.w));
@@ -353,22 +352,23 @@ struct ColStripThread {
   static constexpr int kUnroll = 8;
   static_assert(kW % 8 == 0 && 32 % kChunks == 0, "a row of the strip is a power-of-two share of a warp");
   int chunk, r_first, nr;  // nr: rows of the strip this block holds
+  int i_smem;              // this thread's first row kept in shared memory (rows before it: registers)
   int64_t r0, step;        // first row of the block; elements between a thread's rows
 
-  // Issues the cp.async loads of this thread's chunks of strip column `col` into `slots` (this thread's first
-  // slot; its next ones are kRowsPerStep * kChunks apart) and commits them as one group (maybe empty).
+  // Issues the cp.async loads of this thread's shared-memory rows of strip column `col` into `slots` (the slot of
+  // row i_smem; the next ones are kRowsPerStep * kChunks apart) and commits them as one group (maybe empty).
   __device__ __forceinline__ void issue(const uint16_t* in, int64_t cols, int64_t col, bool col_ok, uint4* slots) const {
     if (col_ok) {
-      const uint16_t* src = in + (r0 + r_first) * cols + col;
+      const uint16_t* src = in + (r0 + i_smem) * cols + col;
       uint32_t sa = static_cast<uint32_t>(__cvta_generic_to_shared(slots));
-      for (int i = r_first; i < nr; i += kRowsPerStep, src += step, sa += kRowsPerStep * kChunks * 16) cp_async16(sa, src, 16u);
+      for (int i = i_smem; i < nr; i += kRowsPerStep, src += step, sa += kRowsPerStep * kChunks * 16) cp_async16(sa, src, 16u);
     }
     asm volatile("cp.async.commit_group;" ::: "memory");
   }
   // amax over this thread's slots.
   __device__ __forceinline__ uint4 fold(const uint4* slots) const {
     uint4 a = make_uint4(0u, 0u, 0u, 0u);
-    int i = r_first;
+    int i = i_smem;
     const uint4* s = slots;
     for (; i + (kUnroll - 1) * kRowsPerStep < nr; i += kUnroll * kRowsPerStep, s += kUnroll * kRowsPerStep * kChunks) {
 #pragma unroll
@@ -381,8 +381,8 @@ struct ColStripThread {
   template <int kFmt>
   __device__ __forceinline__ void cast(const uint4* slots, uint8_t* out, int64_t cols, int64_t col,
                                        const float (&qs)[8]) const {
-    uint8_t* dst = out + (r0 + r_first) * cols + col;
-    int i = r_first;
+    uint8_t* dst = out + (r0 + i_smem) * cols + col;
+    int i = i_smem;
     const uint4* s = slots;
     for (; i + (kUnroll - 1) * kRowsPerStep < nr;
          i += kUnroll * kRowsPerStep, s += kUnroll * kRowsPerStep * kChunks, dst += kUnroll * step) {
@@ -396,9 +396,9 @@ struct ColStripThread {
 };
 
 // Block amax of every strip column: lanes of a warp with the same chunk, then the warps; threads t < kChunks
-// write chunk t's amax to part[t]. Contains one __syncthreads.
+// return chunk t's amax (others: unspecified). Contains one __syncthreads.
 template <int kW>
-__device__ __forceinline__ void col_block_amax(uint4 a, uint4 (*s_warp)[kW / 8], uint4* part) {
+__device__ __forceinline__ uint4 col_block_amax(uint4 a, uint4 (*s_warp)[kW / 8]) {
   constexpr int kChunks = kW / 8;
   const int t = threadIdx.x, lane = t & 31, w = t >> 5;
 #pragma unroll
@@ -412,23 +412,20 @@ __device__ __forceinline__ void col_block_amax(uint4 a, uint4 (*s_warp)[kW / 8],
   }
   if (lane < kChunks) s_warp[w][lane] = a;
   __syncthreads();
+  uint4 m = make_uint4(0u, 0u, 0u, 0u);
   if (t < kChunks) {
-    uint4 m = s_warp[0][t];
 #pragma unroll
-    for (int k = 1; k < kColClusterThreads / 32; ++k) m = max_u16x8(m, s_warp[k][t]);
-    part[t] = m;
+    for (int k = 0; k < kColClusterThreads / 32; ++k) m = max_u16x8(m, s_warp[k][t]);
   }
+  return m;
 }
 
-// After the cluster barrier: threads t < kChunks combine the cluster's partials part[t], write the multipliers
-// of their 8 columns to s_qs, and (cluster block 0) scale_inv and the amax bits. strip_col0: the strip's first column.
+// Threads t < kW / 8 turn the column amax m of their 8 columns into multipliers in s_qs, and (cluster block 0)
+// write scale_inv and the amax bits. strip_col0: the strip's first column.
 template <int kW>
-__device__ __forceinline__ void col_cluster_scales(const Fp8ColClusterParams& p, const uint4* part, uint32_t csize,
-                                                   uint32_t crank, int64_t strip_col0, float* s_qs) {
+__device__ __forceinline__ void col_scales(const Fp8ColClusterParams& p, const uint4& m, uint32_t crank,
+                                           int64_t strip_col0, float* s_qs) {
   const int t = threadIdx.x;
-  if (t >= kW / 8) return;
-  uint4 m = make_uint4(0u, 0u, 0u, 0u);
-  for (uint32_t k = 0; k < csize; ++k) m = max_u16x8(m, ld_dsmem(&part[t], k));
   const uint32_t words[4] = {m.x, m.y, m.z, m.w};
   const int64_t c0 = strip_col0 + t * 8;
 #pragma unroll
@@ -449,13 +446,22 @@ __device__ __forceinline__ void load_qs8(const float* s_qs, int chunk, float (&q
   qs[0] = q0.x, qs[1] = q0.y, qs[2] = q0.z, qs[3] = q0.w, qs[4] = q1.x, qs[5] = q1.y, qs[6] = q1.z, qs[7] = q1.w;
 }
 
-template <int kFmt, int kW>
-__global__ void __launch_bounds__(kColClusterThreads) fp8_colwise_cluster_kernel(const __grid_constant__ Fp8ColClusterParams p) {
+// The partials travel by push: each block stores its partial into every peer's s_all before the barrier (fire
+// and forget), reads them locally after it, and so needs no barrier after its last DSMEM access (pulling them over
+// DSMEM after the barrier, with a trailing barrier keeping each block's partial alive for its peers, measured
+// 1-3 points slower: bench/NOTES.md session 8).
+// kRegs: a thread's first kRegs rows stay in registers (4 KiB per block per row), the rest in shared memory, so a
+// block holds the same data in 48 instead of 64 KiB of shared memory and four blocks fit an SM instead of three;
+// built for four blocks per SM with kRegs > 0 (<= 64 registers), else three.
+template <int kFmt, int kW, int kRegs>
+__global__ void __launch_bounds__(kColClusterThreads, kRegs > 0 ? 4 : 3)
+    fp8_colwise_cluster_kernel(const __grid_constant__ Fp8ColClusterParams p) {
   using S = ColStripThread<kW>;
   constexpr int kChunks = S::kChunks;
-  extern __shared__ uint4 s_data[];  // [rows_per_block][kChunks]
+  extern __shared__ uint4 s_data[];  // [rows_per_block - kRegs * kRowsPerStep][kChunks]
   __shared__ uint4 s_warp[kColClusterThreads / 32][kChunks];
-  __shared__ uint4 s_part[kChunks];  // this block's column amax (bf16 |x| bit patterns), read by the cluster
+  // Column amax partials (bf16 |x| bit patterns) of the cluster's blocks, [cluster block][chunk], written by them.
+  __shared__ uint4 s_all[kColClusterMax][kChunks];
   __shared__ __align__(16) float s_qs[kW];
 
   ::tpcomm::detail::pdl_prologue();
@@ -464,6 +470,7 @@ __global__ void __launch_bounds__(kColClusterThreads) fp8_colwise_cluster_kernel
   S th;
   th.chunk = t % kChunks;
   th.r_first = t / kChunks;
+  th.i_smem = th.r_first + kRegs * S::kRowsPerStep;
   th.r0 = static_cast<int64_t>(crank) * p.rows_per_block;
   const int64_t left = p.rows - th.r0;
   th.nr = left <= 0 ? 0 : static_cast<int>(left < p.rows_per_block ? left : p.rows_per_block);
@@ -474,23 +481,47 @@ __global__ void __launch_bounds__(kColClusterThreads) fp8_colwise_cluster_kernel
   const bool col_ok = col < p.cols;
 
   // 1. Load and keep this block's rows of the strip; column amax.
+  uint4 reg[kRegs > 0 ? kRegs : 1];
+  if constexpr (kRegs > 0) {
+    const uint16_t* src = p.in + (th.r0 + th.r_first) * p.cols + col;
+#pragma unroll
+    for (int u = 0; u < kRegs; ++u)
+      reg[u] = (col_ok && th.r_first + u * S::kRowsPerStep < th.nr) ? ld_stream(src + u * th.step)
+                                                                     : make_uint4(0u, 0u, 0u, 0u);
+  }
   th.issue(p.in, p.cols, col, col_ok, slots);
   asm volatile("cp.async.wait_group 0;" ::: "memory");
-  // 2. Block partial, cluster barrier.
-  col_block_amax<kW>(col_ok ? th.fold(slots) : make_uint4(0u, 0u, 0u, 0u), s_warp, s_part);
+  uint4 a = col_ok ? th.fold(slots) : make_uint4(0u, 0u, 0u, 0u);
+  if constexpr (kRegs > 0) {
+#pragma unroll
+    for (int u = 0; u < kRegs; ++u) a = max_u16x8(a, abs_u16x8(reg[u]));  // rows past the end hold +0
+  }
+  // 2. Block partial to the cluster, cluster barrier.
+  const uint4 part = col_block_amax<kW>(a, s_warp);
+  if (t < kChunks)
+    for (uint32_t k = 0; k < csize; ++k) st_dsmem(&s_all[crank][t], k, part);
   cluster_arrive_release();
   cluster_wait_acquire();
   // 3. Column scales from the cluster's partials.
-  col_cluster_scales<kW>(p, s_part, csize, crank, strip_col0, s_qs);
-  cluster_arrive_release();  // this block's DSMEM reads are done (the matching wait is at the end)
+  if (t < kChunks) {
+    uint4 m = make_uint4(0u, 0u, 0u, 0u);
+    for (uint32_t k = 0; k < csize; ++k) m = max_u16x8(m, s_all[k][t]);
+    col_scales<kW>(p, m, crank, strip_col0, s_qs);
+  }
   __syncthreads();
-  // 4. Cast the rows held in shared memory.
+  // 4. Cast the rows held in registers and shared memory.
   if (col_ok) {
     float qs[8];
     load_qs8(s_qs, th.chunk, qs);
+    if constexpr (kRegs > 0) {
+      uint8_t* dst = p.out + (th.r0 + th.r_first) * p.cols + col;
+#pragma unroll
+      for (int u = 0; u < kRegs; ++u)
+        if (th.r_first + u * S::kRowsPerStep < th.nr)
+          *reinterpret_cast<uint2*>(dst + u * th.step) = quant8_fp8_cols<kFmt>(reg[u], qs);
+    }
     th.template cast<kFmt>(slots, p.out, p.cols, col, qs);
   }
-  cluster_wait_acquire();  // every peer is done reading this block's s_part
 }
 
 // ---- 1x128 and 128x128 blocks on the 128 x 128 tile ---------------------------------------------------------------
