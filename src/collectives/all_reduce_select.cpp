@@ -49,7 +49,7 @@ static std::size_t parse_bytes(const std::string& s, const std::string& whole) {
 AllReduceTable default_all_reduce_table(int world_size) {
   AllReduceTable t;
   // Crossovers measured with `tpcomm-bench all_reduce` on nvidia-h200-x2 (bench/results/nvidia-h200-x2/
-  // all_reduce.json, graph mode, bf16). For other world sizes the limits follow vLLM's NVLink rules
+  // all_reduce.json, graph mode, bf16) and nvidia-h200-x4. For W > 4 the limits follow vLLM's NVLink rules
   // (one-shot reads W-1 full copies, so it stops paying off earlier as W grows) until measured there.
   if (world_size <= 2) {
     // W = 2: the push one-shot moves the minimum over NVLink (each rank sends its input once) with one
@@ -62,10 +62,15 @@ AllReduceTable default_all_reduce_table(int world_size) {
     t.copy_engine_min = 0;
     t.source = "builtin:h200x2";
   } else if (world_size <= 4) {
-    t.one_shot_ll_max = std::size_t(128) << 10;
-    t.one_shot_max = std::size_t(512) << 10;
-    t.two_shot_max = std::size_t(32) << 20;
-    t.source = "builtin:w4-unmeasured";
+    // Measured at W = 4 on nvidia-h200-x4 (session 8, bench/results/nvidia-h200-x4/, graph mode, bf16, us):
+    // barrier-free one-shot fastest to 512 KiB (8K 4.0 vs NCCL 9.6; 512K 10.5 vs one-shot 12.3, two-shot 13.0,
+    // NCCL 14.1); two-shot at 2 MiB (23.5 vs NCCL 26.9); NCCL from 8 MiB (59.0 vs two-shot 64.2; 32 MiB 169.8 vs
+    // 189.5). The 2-8 MiB crossover was not measured: 4 MiB (two-shot's edge shrinking from +13% to -8%) is
+    // interpolated. W = 3 uses the same table (unmeasured).
+    t.one_shot_ll_max = std::size_t(512) << 10;
+    t.one_shot_max = std::size_t(512) << 10;  // never reached: LL covers every size up to it
+    t.two_shot_max = std::size_t(4) << 20;
+    t.source = "builtin:h200x4";
   } else {
     t.one_shot_ll_max = std::size_t(64) << 10;
     t.one_shot_max = std::size_t(256) << 10;

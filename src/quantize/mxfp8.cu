@@ -95,17 +95,17 @@ void mxfp8_quantize(const Mxfp8QuantizeParams& p, cudaStream_t stream) {
   kp.in = static_cast<const uint16_t*>(p.input);
   kp.rows = p.rows;
   kp.cols = p.cols;
-  kp.col_tiles = (p.cols + kTileCols - 1) / kTileCols;
-  kp.tiles_per_expert = (p.rows + kTileRows - 1) / kTileRows;
   kp.row_data = static_cast<uint8_t*>(p.row_data);
   kp.row_scales = p.row_scales;
   kp.col_data = static_cast<uint8_t*>(p.col_data);
   kp.col_scales = p.col_scales;
   kp.swizzled = p.scale_layout == ScaleLayout::kSwizzled128x4;
-  const int64_t tiles = p.experts * kp.tiles_per_expert * kp.col_tiles;
+  const int64_t col_tiles = (p.cols + kTileCols - 1) / kTileCols;
+  const int64_t tiles_per_expert = (p.rows + kTileRows - 1) / kTileRows;
+  const int64_t tiles = p.experts * tiles_per_expert * col_tiles;
   kp.tiles = tiles;
   kp.experts = p.experts;
-  kp.divs = TileDivs(kp.col_tiles, kp.tiles_per_expert);
+  kp.divs = TileDivs(col_tiles, tiles_per_expert);
   dispatch(p.format, p.rounding, row, col, kp, tiles, stream);
   TPCOMM_CUDA_CHECK(cudaGetLastError());
 }

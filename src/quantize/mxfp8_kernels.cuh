@@ -19,16 +19,14 @@ struct Mxfp8KernelParams {
   const uint16_t* in;   // (experts, rows, cols) bf16
   int64_t rows;         // N
   int64_t cols;         // K
-  int64_t col_tiles;    // ceil(K / 128)
-  int64_t tiles_per_expert;  // ceil(N / 128)
   uint8_t* row_data;
   uint8_t* row_scales;
   uint8_t* col_data;
   uint8_t* col_scales;
   bool swizzled;
-  int64_t tiles;        // experts * tiles_per_expert * col_tiles
+  int64_t tiles;        // experts * ceil(N / 128) * ceil(K / 128)
   int64_t experts;
-  TileDivs divs;        // (col_tiles, tiles_per_expert)
+  TileDivs divs;        // (ceil(K / 128) column tiles, ceil(N / 128) row tiles per expert)
 };
 
 // One 128 x 128 tile whose bf16 the thread holds in x (tile.cuh layout, kR rows per thread).

@@ -62,4 +62,21 @@ double all_reduce_tolerance(double ref, DType dtype, int world) {
   }
 }
 
+std::vector<double> reference_abs_sum(const std::vector<std::vector<uint8_t>>& inputs, std::size_t count, DType dtype) {
+  std::vector<double> out(count, 0.0);
+  for (const auto& in : inputs)
+    for (std::size_t i = 0; i < count; ++i) out[i] += std::fabs(load_element(in.data(), i, dtype));
+  return out;
+}
+
+double stepwise_rounding_slack(double abs_sum, DType dtype, int world) {
+  const int extra = world - 2;
+  if (extra <= 0) return 0.0;
+  switch (dtype) {
+    case DType::kBFloat16: return extra * abs_sum * std::ldexp(1.0, -8);
+    case DType::kFloat16: return extra * (abs_sum * std::ldexp(1.0, -11) + 6e-8);
+    default: return extra * abs_sum * std::ldexp(1.0, -24);
+  }
+}
+
 }  // namespace tpcomm::test
