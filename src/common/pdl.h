@@ -31,29 +31,18 @@ inline bool fits_one_wave(const void* kernel, int64_t blocks, int threads, std::
   return blocks <= device_capacity(kernel, threads, smem);
 }
 
-// kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization when enabled.
-// Every kernel gets it, one-wave grids included. Launched early, a one-wave grid's blocks go into the slots its
-// predecessor frees while it still runs, so they can end up unevenly spread over the SMs: session 5 measured that
-// as a loss for the 16-row MXFP8 3-D colwise kernel (E=1 4096x2048: 9.3 us without PDL, 9.9 with) and launched
-// such grids without PDL; with the 8-row, 256-thread tiles of session 6 PDL wins there too (8.97 -> 8.27 us;
-// "both" at 2048x5120 14.99 -> 14.6 us; nothing slower, bench/NOTES.md), so that exception is gone.
-template <typename... KernelArgs, typename... Args>
-void launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
-                   Args&&... args) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 1 : 0;
-  TPCOMM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+// The launch attribute for thread-block clusters of `cluster_x` blocks along x.
+inline cudaLaunchAttribute cluster_attribute(unsigned cluster_x) {
+  cudaLaunchAttribute a{};
+  a.id = cudaLaunchAttributeClusterDimension;
+  a.val.clusterDim.x = cluster_x;
+  a.val.clusterDim.y = 1;
+  a.val.clusterDim.z = 1;
+  return a;
 }
 
-// The same with thread-block clusters of `cluster_x` blocks along x (grid.x a multiple of it).
+// launch_kernel below, with thread-block clusters of `cluster_x` blocks along x (grid.x a multiple of it); 0: no
+// clusters.
 template <typename... KernelArgs, typename... Args>
 void launch_kernel_cluster(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, std::size_t smem, unsigned cluster_x,
                            cudaStream_t stream, Args&&... args) {
@@ -63,15 +52,28 @@ void launch_kernel_cluster(void (*kernel)(KernelArgs...), dim3 grid, dim3 block,
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[2];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = cluster_x;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  unsigned n = 0;
+  if (cluster_x != 0) attr[n++] = cluster_attribute(cluster_x);
+  if (pdl_enabled()) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = pdl_enabled() ? 2 : 1;
+  cfg.numAttrs = n;
   TPCOMM_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) with programmatic stream serialization when enabled.
+// Every kernel gets it, one-wave grids included. Launched early, a one-wave grid's blocks go into the slots its
+// predecessor frees while it still runs, so they can end up unevenly spread over the SMs: session 5 measured that
+// as a loss for the 16-row MXFP8 3-D colwise kernel (E=1 4096x2048: 9.3 us without PDL, 9.9 with) and launched
+// such grids without PDL; with the 8-row, 256-thread tiles of session 6 PDL wins there too (8.97 -> 8.27 us;
+// "both" at 2048x5120 14.99 -> 14.6 us; nothing slower, bench/NOTES.md), so that exception is gone.
+template <typename... KernelArgs, typename... Args>
+void launch_kernel(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, std::size_t smem, cudaStream_t stream,
+                   Args&&... args) {
+  launch_kernel_cluster(kernel, grid, block, smem, 0, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace tpcomm::detail

@@ -181,11 +181,7 @@ int col_cluster_capacity(int regs, unsigned c, std::size_t smem) {
   cfg.gridDim = dim3(c * 64);
   cfg.blockDim = dim3(kColClusterThreads);
   cfg.dynamicSmemBytes = smem;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = c;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
+  cudaLaunchAttribute attr[1] = {::tpcomm::detail::cluster_attribute(c)};
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   int n = 0;
