@@ -11,6 +11,7 @@
 #include "common/check.h"
 #include "common/pdl.h"
 #include "tpcomm/log.h"
+#include "quantize/colwise_plan.h"
 #include "quantize/fp8_kernels.cuh"
 #include "quantize/validate.h"
 #include "tpcomm/quantize.h"
@@ -138,6 +139,7 @@ using ColKernel = void (*)(Fp8ColClusterParams);
 
 // TPCOMM_QUANT_COLWISE_REGS=0|4 (measurement switch, read once; -1 = unset): rows per thread kept in registers.
 int col_regs_override() {
+  static_assert(kColRegRows == 4, "the switch accepts 0 or kColRegRows");
   static const int v = [] {
     const char* e = env_or_null("TPCOMM_QUANT_COLWISE_REGS");
     if (e == nullptr) return -1;
@@ -151,14 +153,14 @@ int col_regs_override() {
 
 template <int kFmt, int kW>
 ColKernel col_cluster_kernel(int regs) {
-  return regs == 4 ? fp8_colwise_cluster_kernel<kFmt, kW, 4> : fp8_colwise_cluster_kernel<kFmt, kW, 0>;
+  return regs == kColRegRows ? fp8_colwise_cluster_kernel<kFmt, kW, kColRegRows> : fp8_colwise_cluster_kernel<kFmt, kW, 0>;
 }
 
 // Opt-ins (once per kernel): clusters of up to 16 blocks, dynamic shared memory up to the budget's maximum.
 template <int kFmt, int kW>
 void col_cluster_attributes() {
   static const bool done = [] {
-    for (int regs : {0, 4}) {
+    for (int regs : {0, kColRegRows}) {
       const ColKernel k = col_cluster_kernel<kFmt, kW>(regs);
       TPCOMM_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
       TPCOMM_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 << 10));
@@ -193,14 +195,6 @@ int col_cluster_capacity(int regs, unsigned c, std::size_t smem) {
   return n;
 }
 
-struct ColClusterPlan {
-  int w = 0;
-  int regs = 0;  // rows per thread in registers (kernel template kRegs)
-  unsigned c = 0;
-  int64_t rows_per_block = 0;
-  std::size_t smem = 0;
-};
-
 template <int kFmt>
 int col_capacity(const ColClusterPlan& pl) {
   switch (pl.w) {
@@ -211,31 +205,18 @@ int col_capacity(const ColClusterPlan& pl) {
   return 0;
 }
 
-// Strip width: 64 columns (128-byte row segments) wherever the strip fits; 32 (64-byte segments, 61% against 73%)
-// for taller matrices; 128 only when forced (measured 73.4% against 76.2% at 4096x14336, level elsewhere; NOTES
-// session 8). C = ceil(rows * W * 2 / budget) blocks of ceil(rows / C) rows each, C <= 16.
-// Registers: with more blocks than three per SM (several waves), 4 rows per thread go to registers and a block
-// takes 48 instead of 64 KiB of shared memory, so four blocks share an SM (8192x8192 76 -> 79%, 4096x14336 78 ->
-// 80%). A grid of one wave or less keeps everything in shared memory: at four per SM its blocks would crowd onto
-// fewer SMs (2048x5120, 320 blocks: 12.1 -> 14.3 us with registers).
+// The first candidate shape (colwise_plan.h) whose clusters the GPU can hold.
 template <int kFmt>
 std::optional<ColClusterPlan> plan_col_cluster(int64_t rows, int64_t cols) {
-  const int64_t budget = col_block_budget();
-  const int forced = col_width_override();
-  for (int w : {64, 32, 128}) {
-    if (forced != 0 ? w != forced : w == 128) continue;
-    const int64_t c = std::max<int64_t>(1, (rows * w * 2 + budget - 1) / budget);
-    if (c > kColClusterMax) continue;
-    ColClusterPlan pl;
-    pl.w = w;
-    pl.c = static_cast<unsigned>(c);
-    pl.rows_per_block = (rows + c - 1) / c;
-    const int64_t blocks = (cols + w - 1) / w * c;
-    pl.regs = col_regs_override() >= 0 ? col_regs_override() : (blocks > int64_t(3) * sm_count() ? 4 : 0);
-    const int64_t reg_rows = int64_t(pl.regs) * (kColClusterThreads / (w / 8));  // rows a block keeps in registers
-    pl.smem = static_cast<std::size_t>(std::max<int64_t>(0, pl.rows_per_block - reg_rows) * w * 2);
+  ColPlanInputs in;
+  in.rows = rows;
+  in.cols = cols;
+  in.block_budget = col_block_budget();
+  in.forced_w = col_width_override();
+  in.forced_regs = col_regs_override();
+  in.sm_count = sm_count();
+  for (const ColClusterPlan& pl : col_cluster_candidates(in))
     if (col_capacity<kFmt>(pl) > 0) return pl;
-  }
   return std::nullopt;
 }
 

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "common/pdl.cuh"
+#include "quantize/colwise_plan.h"
 #include "quantize/quant_common.cuh"
 #include "quantize/tile.cuh"
 
@@ -280,8 +281,8 @@ __global__ void __launch_bounds__(kColThreads) fp8_colcast_kernel(const __grid_c
 // A column's scale needs the amax of the whole column before any element of it can be cast, so the two-pass form
 // above reads the input twice: ~5 bytes of traffic per 3 logical bytes, a ceiling near 60% of copy (measured
 // 49-51%). Here a cluster of C blocks (C <= 16; above 8 needs the non-portable opt-in) owns a strip of kW columns
-// over all rows, small enough to sit in the cluster's shared memory (the launcher keeps rows_per_block * kW * 2
-// bytes per block under a budget, 64 KiB: three blocks per SM):
+// over all rows, small enough to sit on the cluster's chip (colwise_plan.h: <= 64 KiB of strip per block, in
+// shared memory alone or with 4 rows per thread in registers):
 //   1. block k loads rows [k * rows_per_block, +rows_per_block) of the strip into its shared memory and reduces
 //      their column amax. A thread owns the 16-byte slots it loads and later casts (thread-private: no
 //      __syncthreads between load and cast, no bank conflicts; cp.async.wait_group makes a thread's own copies
@@ -299,8 +300,6 @@ __global__ void __launch_bounds__(kColThreads) fp8_colcast_kernel(const __grid_c
 // loading through registers 8 at a time measured 57% of copy at 8192x8192 against 73%; a persistent form with two
 // buffers, the next strip's loads in flight during this one's cast, 50%: it needs 128 KiB per block, one block per
 // SM, and then nothing overlaps the cluster barrier).
-constexpr int kColClusterThreads = 256;
-constexpr int kColClusterMax = 16;  // the largest cluster Hopper schedules (non-portable above 8)
 
 struct Fp8ColClusterParams {
   const uint16_t* in;
