@@ -7,7 +7,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <vector>
+#include <array>
 
 namespace tpcomm::quant::detail {
 
@@ -39,8 +39,19 @@ struct ColPlanInputs {
 // 79%, 4096x14336 78 -> 80%). A grid of one wave or less keeps everything in shared memory: four per SM would
 // crowd its blocks onto fewer SMs (2048x5120, 320 blocks: 12.1 -> 14.3 us with registers).
 // Empty when no width fits (more than 16 x budget bytes per 32-column strip): the caller runs two passes.
-inline std::vector<ColClusterPlan> col_cluster_candidates(const ColPlanInputs& in) {
-  std::vector<ColClusterPlan> out;
+// A fixed array, not a vector: this runs on every call (no host allocation on the hot path).
+struct ColClusterCandidates {
+  std::array<ColClusterPlan, 3> plan{};
+  std::size_t n = 0;
+  std::size_t size() const { return n; }
+  bool empty() const { return n == 0; }
+  const ColClusterPlan& operator[](std::size_t i) const { return plan[i]; }
+  const ColClusterPlan* begin() const { return plan.data(); }
+  const ColClusterPlan* end() const { return plan.data() + n; }
+};
+
+inline ColClusterCandidates col_cluster_candidates(const ColPlanInputs& in) {
+  ColClusterCandidates out;
   for (int w : {64, 32, 128}) {
     if (in.forced_w != 0 ? w != in.forced_w : w == 128) continue;
     const int64_t c = std::max<int64_t>(1, (in.rows * w * 2 + in.block_budget - 1) / in.block_budget);
@@ -53,7 +64,7 @@ inline std::vector<ColClusterPlan> col_cluster_candidates(const ColPlanInputs& i
     pl.regs = in.forced_regs >= 0 ? in.forced_regs : (blocks > int64_t(3) * in.sm_count ? kColRegRows : 0);
     const int64_t reg_rows = int64_t(pl.regs) * (kColClusterThreads / (w / 8));  // rows a block keeps in registers
     pl.smem = static_cast<std::size_t>(std::max<int64_t>(0, pl.rows_per_block - reg_rows) * w * 2);
-    out.push_back(pl);
+    out.plan[out.n++] = pl;
   }
   return out;
 }

@@ -42,12 +42,13 @@ void launch_amax(const void* input, int64_t count, float* amax_out, cudaStream_t
   TPCOMM_CUDA_CHECK(cudaGetLastError());
 }
 
-// One place mapping the runtime format to the kernel template; anything else fails loudly.
+// One place mapping the runtime format to the kernel template; anything else fails loudly. Returns what K::run
+// returns.
 template <template <int> class K, class... Args>
-void dispatch_fmt(Fp8Format f, Args&&... args) {
+auto dispatch_fmt(Fp8Format f, Args&&... args) {
   switch (f) {
-    case Fp8Format::kE4M3: K<0>::run(std::forward<Args>(args)...); return;
-    case Fp8Format::kE5M2: K<1>::run(std::forward<Args>(args)...); return;
+    case Fp8Format::kE4M3: return K<0>::run(std::forward<Args>(args)...);
+    case Fp8Format::kE5M2: return K<1>::run(std::forward<Args>(args)...);
   }
   throw Error(ErrorCode::kInvalidArgument, "format: unknown value " + std::to_string(static_cast<int>(f)));
 }
@@ -307,10 +308,7 @@ void fp8_quantize(const Fp8QuantizeParams& p, cudaStream_t stream) {
       if (col_form() != ColForm::kTwoPass) {
         const Fp8ColClusterParams cp{in, p.rows, p.cols, 0, out, reinterpret_cast<uint32_t*>(p.amax_out), p.scale_inv,
                                      fmax, p.pow2_scales};
-        bool ran = false;
-        if (p.format == Fp8Format::kE4M3) ran = ColCluster<0>::run(cp, stream);
-        else if (p.format == Fp8Format::kE5M2) ran = ColCluster<1>::run(cp, stream);
-        if (ran) break;
+        if (dispatch_fmt<ColCluster>(p.format, cp, stream)) break;
       }
       launch_zero(p.amax_out, p.cols, stream);
       // Enough blocks to fill the GPU; each block covers 256 columns and a slice of rows.
