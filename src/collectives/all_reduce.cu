@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "collectives/all_reduce_args.h"
 #include "collectives/all_reduce_kernels.cuh"
 #include "comm/comm_impl.h"
 #include "common/check.h"
@@ -277,22 +278,8 @@ AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* outp
   CommImpl& c = comm.impl();
   c.ensure_usable("all_reduce");
   comm.check();
-  if (dtype != DType::kFloat32 && dtype != DType::kFloat16 && dtype != DType::kBFloat16)
-    throw Error(ErrorCode::kInvalidArgument, std::string("dtype: ") + dtype_name(dtype) + " is not supported (f32, f16, bf16)");
-  if (op != ReduceOp::kSum && op != ReduceOp::kMax && op != ReduceOp::kMin)
-    throw Error(ErrorCode::kInvalidArgument, "op: unknown reduce op " + std::to_string(static_cast<int>(op)));
-  if (count == 0) return options.algo;
-  TPCOMM_ARG_CHECK(input != nullptr, "input", "null pointer");
-  TPCOMM_ARG_CHECK(output != nullptr, "output", "null pointer");
-  const std::size_t esize = dtype_size(dtype);
-  TPCOMM_ARG_CHECK(reinterpret_cast<uintptr_t>(input) % esize == 0, "input",
-                   "not aligned to its element size (" + std::to_string(esize) + " bytes)");
-  TPCOMM_ARG_CHECK(reinterpret_cast<uintptr_t>(output) % esize == 0, "output",
-                   "not aligned to its element size (" + std::to_string(esize) + " bytes)");
-  const std::size_t bytes = count * esize;
-  const bool overlap = reinterpret_cast<uintptr_t>(input) < reinterpret_cast<uintptr_t>(output) + bytes &&
-                       reinterpret_cast<uintptr_t>(output) < reinterpret_cast<uintptr_t>(input) + bytes;
-  TPCOMM_ARG_CHECK(!overlap || input == output, "output", "partially overlaps input (in place needs output == input)");
+  if (!detail::check_all_reduce_args(input, output, count, dtype, op, options)) return options.algo;
+  const std::size_t bytes = count * dtype_size(dtype);
 
   AllReduceAlgo algo = resolve_all_reduce(comm, bytes, options.algo);
   if (log_level() >= LogLevel::kDebug)
@@ -300,19 +287,15 @@ AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* outp
                               all_reduce_algo_name(algo) + (options.algo == AllReduceAlgo::kAuto ? " (auto)" : " (pinned)"));
   if (algo == AllReduceAlgo::kOneShotCE && bytes > static_cast<std::size_t>(detail::kCeMaxChunks) * c.ce_cap)
     throw Error(ErrorCode::kInternal, "copy-engine chunking");
-  if (options.zero_copy) {
-    if (options.algo != AllReduceAlgo::kOneShot)
-      throw Error(ErrorCode::kInvalidArgument, "zero_copy: only the pinned one_shot algorithm reads peers' buffers directly");
-    TPCOMM_ARG_CHECK(input != output, "output", "zero-copy one-shot cannot run in place (peers still read the input)");
-    TPCOMM_ARG_CHECK(reinterpret_cast<uintptr_t>(input) % 16 == 0, "input", "zero-copy needs a 16-byte aligned input");
-  }
 
   if (algo == AllReduceAlgo::kNccl) {
     if (!c.topo.fast_path && options.algo == AllReduceAlgo::kAuto) {
+      // The one warning line is the communicator's (rank 0, at creation: "fast path off, every op runs
+      // through NCCL: <reason>"); per call there is only the counter, and a debug line the first time.
       c.nccl_fallbacks++;
-      if (!c.logged_fallback) {
+      if (!c.logged_fallback && log_level() >= LogLevel::kDebug) {
         c.logged_fallback = true;
-        log(LogLevel::kWarn, "all_reduce runs through NCCL on rank " + std::to_string(c.rank) + ": " + c.topo.reason);
+        log(LogLevel::kDebug, "all_reduce runs through NCCL on rank " + std::to_string(c.rank) + ": " + c.topo.reason);
       }
     }
     TPCOMM_NCCL_CHECK(ncclAllReduce(input, output, count, detail::to_nccl(dtype, "dtype"), detail::to_nccl(op, "op"),

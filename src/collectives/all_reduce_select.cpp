@@ -1,7 +1,9 @@
 // Algorithm names, the crossover table and the pure selection rule for kAuto (CPU-testable).
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 
+#include "collectives/all_reduce_args.h"
 #include "tpcomm/all_reduce.h"
 #include "tpcomm/error.h"
 
@@ -111,3 +113,36 @@ AllReduceAlgo select_all_reduce(const AllReduceTable& t, std::size_t bytes, bool
 }
 
 }  // namespace tpcomm
+
+namespace tpcomm::detail {
+
+bool check_all_reduce_args(const void* input, const void* output, std::size_t count, DType dtype, ReduceOp op,
+                           const AllReduceOptions& options) {
+  auto fail = [](const std::string& arg, const std::string& msg) {
+    throw Error(ErrorCode::kInvalidArgument, arg + ": " + msg);
+  };
+  if (dtype != DType::kFloat32 && dtype != DType::kFloat16 && dtype != DType::kBFloat16)
+    fail("dtype", std::string(dtype_name(dtype)) + " is not supported (f32, f16, bf16)");
+  if (op != ReduceOp::kSum && op != ReduceOp::kMax && op != ReduceOp::kMin)
+    fail("op", "unknown reduce op " + std::to_string(static_cast<int>(op)));
+  if (count == 0) return false;
+  if (input == nullptr) fail("input", "null pointer");
+  if (output == nullptr) fail("output", "null pointer");
+  const std::size_t esize = dtype_size(dtype);
+  const auto in = reinterpret_cast<uintptr_t>(input), out = reinterpret_cast<uintptr_t>(output);
+  if (in % esize != 0) fail("input", "not aligned to its element size (" + std::to_string(esize) + " bytes)");
+  if (out % esize != 0) fail("output", "not aligned to its element size (" + std::to_string(esize) + " bytes)");
+  if (count > SIZE_MAX / esize) fail("count", std::to_string(count) + " elements overflow a byte count");
+  const std::size_t bytes = count * esize;
+  const bool overlap = in < out + bytes && out < in + bytes;
+  if (overlap && in != out) fail("output", "partially overlaps input (in place needs output == input)");
+  if (options.zero_copy) {
+    if (options.algo != AllReduceAlgo::kOneShot)
+      fail("zero_copy", "only the pinned one_shot algorithm reads peers' buffers directly");
+    if (in == out) fail("output", "zero-copy one-shot cannot run in place (peers still read the input)");
+    if (in % 16 != 0) fail("input", "zero-copy needs a 16-byte aligned input");
+  }
+  return true;
+}
+
+}  // namespace tpcomm::detail

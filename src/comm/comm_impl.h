@@ -115,8 +115,21 @@ struct CommImpl {
   // lifecycle
   bool destroyed = false;
   bool broken = false;
-  cudaEvent_t last_op = nullptr;
-  bool last_op_recorded = false;
+  // In-flight tracking for destroy(): one event per stream an op was enqueued on (eager calls), recorded after
+  // the op; and a count of captured ops whose CUDA graph (or an executable instance of it, or a replay still
+  // running) is alive: every captured op moves one CUDA user object into the graph, whose destructor (run by
+  // CUDA once the graph, its instances and their pending launches are gone) decrements the count. The count
+  // lives in a shared block so a destructor that runs after this communicator is gone stays safe.
+  struct StreamEvent {
+    cudaStream_t stream;
+    cudaEvent_t event;
+  };
+  std::vector<StreamEvent> stream_events;
+  std::mutex events_mu;
+  struct GraphRefs {
+    std::atomic<int64_t> live{0};
+  };
+  std::shared_ptr<GraphRefs> graph_refs = std::make_shared<GraphRefs>();
   mutable std::mutex mu;
 
   std::atomic<uint64_t> fast_calls{0}, nccl_calls{0}, nccl_fallbacks{0}, copy_in_calls{0}, zero_copy_calls{0};
@@ -124,7 +137,10 @@ struct CommImpl {
 
   device::SyncContext sync_ctx() const { return {d_error, d_abort, timeout_ns}; }
   void ensure_usable(const char* op) const;     // throws kInvalidState after destroy / timeout
-  void note_enqueued(cudaStream_t stream);      // records last_op when not capturing
+  // After every op: records the stream's event (eager) or ties the op to the graph being captured.
+  void note_enqueued(cudaStream_t stream);
+  // destroy()'s check: throws kInvalidState naming what is still in flight (nothing freed yet).
+  void ensure_idle(const char* op);
   void* map_peer_allocation(int peer, const cudaIpcMemHandle_t& h, uintptr_t peer_base, int peer_pid, void* peer_ptr);
 };
 

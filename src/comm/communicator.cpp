@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -45,10 +46,98 @@ void CommImpl::ensure_usable(const char* op) const {
   if (broken) throw Error(ErrorCode::kInvalidState, std::string(op) + ": communicator is unusable after an earlier device error");
 }
 
+namespace {
+// Destructor of the user object a captured op moves into its graph (runs on a CUDA thread; no CUDA calls).
+struct GraphRefHolder {
+  std::shared_ptr<CommImpl::GraphRefs> refs;
+};
+void release_graph_ref(void* p) {
+  auto* h = static_cast<GraphRefHolder*>(p);
+  h->refs->live.fetch_sub(1);
+  delete h;
+}
+}  // namespace
+
 void CommImpl::note_enqueued(cudaStream_t stream) {
   cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-  if (cudaStreamIsCapturing(stream, &st) == cudaSuccess && st == cudaStreamCaptureStatusNone) {
-    if (cudaEventRecord(last_op, stream) == cudaSuccess) last_op_recorded = true;
+  cudaGraph_t graph = nullptr;
+  if (cudaStreamGetCaptureInfo(stream, &st, nullptr, &graph) != cudaSuccess) {
+    cudaGetLastError();  // e.g. the legacy stream while another thread captures: nothing to track
+    return;
+  }
+  if (st == cudaStreamCaptureStatusActive) {
+    // Capture time only (not the replay hot path): one user object per captured op.
+    auto* h = new GraphRefHolder{graph_refs};
+    cudaUserObject_t obj = nullptr;
+    graph_refs->live.fetch_add(1);
+    if (cudaUserObjectCreate(&obj, h, release_graph_ref, 1, cudaUserObjectNoDestructorSync) != cudaSuccess) {
+      graph_refs->live.fetch_sub(1);
+      delete h;
+      cudaGetLastError();
+      log(LogLevel::kError, "all_reduce: cudaUserObjectCreate failed while capturing; destroy() cannot see this graph");
+      return;
+    }
+    if (cudaGraphRetainUserObject(graph, obj, 1, cudaGraphUserObjectMove) != cudaSuccess) {
+      cudaUserObjectRelease(obj, 1);  // runs the destructor, which undoes the count
+      cudaGetLastError();
+      log(LogLevel::kError, "all_reduce: cudaGraphRetainUserObject failed while capturing; destroy() cannot see this graph");
+      return;
+    }
+    return;
+  }
+  if (st != cudaStreamCaptureStatusNone) return;  // invalidated capture: the graph will not exist
+  std::lock_guard<std::mutex> lock(events_mu);
+  StreamEvent* slot = nullptr;
+  for (StreamEvent& e : stream_events)
+    if (e.stream == stream) slot = &e;
+  if (slot == nullptr && stream_events.size() >= 64) {
+    // Many streams: reuse the event of one whose work has finished (allocation happens on first use only).
+    for (StreamEvent& e : stream_events)
+      if (cudaEventQuery(e.event) == cudaSuccess) {
+        e.stream = stream;
+        slot = &e;
+        break;
+      }
+    cudaGetLastError();
+  }
+  if (slot == nullptr) {
+    cudaEvent_t ev = nullptr;
+    if (cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess) {
+      cudaGetLastError();
+      log(LogLevel::kError, "all_reduce: cudaEventCreate failed; destroy() cannot see work on this stream");
+      return;
+    }
+    stream_events.push_back({stream, ev});
+    slot = &stream_events.back();
+  }
+  if (cudaEventRecord(slot->event, stream) != cudaSuccess) {
+    cudaGetLastError();
+    log(LogLevel::kError, "all_reduce: cudaEventRecord failed; destroy() cannot see work on this stream");
+  }
+}
+
+void CommImpl::ensure_idle(const char* op) {
+  {
+    std::lock_guard<std::mutex> lock(events_mu);
+    for (const StreamEvent& e : stream_events) {
+      if (cudaEventQuery(e.event) == cudaErrorNotReady) {
+        std::ostringstream s;
+        s << op << ": tpcomm work is still in flight on stream " << static_cast<const void*>(e.stream)
+          << " (synchronize it first); nothing was freed";
+        throw Error(ErrorCode::kInvalidState, s.str());
+      }
+    }
+    cudaGetLastError();
+  }
+  // Graph user objects are released asynchronously by CUDA after cudaGraphDestroy / cudaGraphExecDestroy and
+  // the end of pending replays: allow that a moment before calling the graphs alive.
+  for (int i = 0; i < 200 && graph_refs->live.load() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const int64_t live = graph_refs->live.load();
+  if (live > 0) {
+    throw Error(ErrorCode::kInvalidState,
+                std::string(op) + ": " + std::to_string(live) +
+                    " captured tpcomm op(s) belong to CUDA graphs that still exist (a replay would use this "
+                    "communicator's memory); destroy those graphs and their executable instances first; nothing was freed");
   }
 }
 
@@ -78,7 +167,6 @@ static void init_common(CommImpl& c) {
   if (c.opts.copy_engine_max_bytes == 0) c.opts.copy_engine_max_bytes = W <= 2 ? 16 * MiB : 0;  // auto does not use it
 
   TPCOMM_CUDA_CHECK(cudaStreamCreateWithFlags(&c.aux_stream, cudaStreamNonBlocking));
-  TPCOMM_CUDA_CHECK(cudaEventCreateWithFlags(&c.last_op, cudaEventDisableTiming));
   TPCOMM_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&c.h_error), sizeof(device::ErrorRecord), cudaHostAllocMapped));
   std::memset(c.h_error, 0, sizeof(device::ErrorRecord));
   TPCOMM_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&c.d_error), c.h_error, 0));
@@ -343,10 +431,7 @@ void Communicator::destroy() {
   if (!impl_ || impl_->destroyed) return;
   CommImpl& c = *impl_;
   cudaSetDevice(c.device);
-  if (c.last_op_recorded && cudaEventQuery(c.last_op) == cudaErrorNotReady) {
-    throw Error(ErrorCode::kInvalidState,
-                "destroy: tpcomm work is still in flight on a stream (synchronize it first); nothing was freed");
-  }
+  c.ensure_idle("destroy");
   cudaGetLastError();
   c.destroyed = true;
   for (auto& [key, ptr] : c.opened) cudaIpcCloseMemHandle(ptr);
@@ -357,7 +442,8 @@ void Communicator::destroy() {
   if (c.d_abort) cudaFree(c.d_abort);
   if (c.d_scratch) cudaFree(c.d_scratch);
   if (c.h_error) cudaFreeHost(c.h_error);
-  if (c.last_op) cudaEventDestroy(c.last_op);
+  for (const auto& e : c.stream_events) cudaEventDestroy(e.event);
+  c.stream_events.clear();
   if (c.aux_stream) cudaStreamDestroy(c.aux_stream);
   if (c.ce_stream) cudaStreamDestroy(c.ce_stream);
   if (c.ce_fork) cudaEventDestroy(c.ce_fork);
@@ -369,7 +455,6 @@ void Communicator::destroy() {
   c.d_scratch = nullptr;
   c.h_error = nullptr;
   c.d_error = nullptr;
-  c.last_op = nullptr;
   c.aux_stream = nullptr;
   c.nccl = nullptr;
 }

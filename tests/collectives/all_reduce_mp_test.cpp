@@ -3,8 +3,10 @@
 // forced-NCCL mode; timeouts; size mismatches; bad input.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
+#include <nccl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -439,6 +441,58 @@ TEST(AllReduceFallback, ForcedNcclModeGivesNcclResults) {
   cudaStreamDestroy(s);
 }
 
+// The environment switches force the NCCL mode: no fast path, the reason names the variable, exactly one
+// warning line across the ranks, no fast calls, and results bitwise equal to ncclAllReduce on the same input.
+TEST(AllReduceFallback, EnvironmentSwitchesForceNccl) {
+  for (const char* var : {"TPCOMM_DISABLE_P2P", "TPCOMM_FORCE_NCCL"}) {
+    SCOPED_TRACE(var);
+    std::atomic<int> warnings{0};
+    set_log_callback([&](LogLevel level, const std::string&) {
+      if (level <= LogLevel::kWarn) warnings++;
+    });
+    setenv(var, "1", 1);
+    std::unique_ptr<Communicator> comm;
+    try {
+      comm = test::fresh_comm();
+    } catch (...) {
+      unsetenv(var);
+      set_log_callback(nullptr);
+      throw;
+    }
+    unsetenv(var);
+    EXPECT_FALSE(comm->fast_path());
+    EXPECT_NE(comm->topology().reason.find(var), std::string::npos) << comm->topology().reason;
+    const int W = comm->world_size(), R = comm->rank();
+    cudaStream_t s;
+    CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    const std::size_t count = 70001;
+    const DType dt = DType::kBFloat16;
+    const uint64_t seed = shared_seed(*comm);
+    const auto input = test::make_input(count, dt, seed, R);
+    DevBuf in(count * 2), out(count * 2), ref(count * 2);
+    CUDA_OK(static_cast<cudaError_t>(tpcomm::test::copy_to_device(in.p, input.data(), count * 2)));
+    CUDA_OK(cudaMemset(out.p, 0xFF, count * 2));
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(all_reduce(*comm, in.p, out.p, count, dt, ReduceOp::kSum, s), AllReduceAlgo::kNccl);
+    ASSERT_EQ(ncclAllReduce(in.p, ref.p, count, ncclBfloat16, ncclSum, comm->nccl(), s), ncclSuccess);
+    comm->synchronize(s);
+    std::vector<uint8_t> a(count * 2), b(count * 2);
+    CUDA_OK(cudaMemcpy(a.data(), out.p, a.size(), cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(b.data(), ref.p, b.size(), cudaMemcpyDeviceToHost));
+    EXPECT_EQ(a, b) << "auto in NCCL mode differs from ncclAllReduce";
+    EXPECT_EQ(comm->stats().fast_calls, 0u);
+    EXPECT_EQ(comm->stats().nccl_fallbacks, 3u);
+    set_log_callback(nullptr);
+    std::vector<int32_t> all(W);
+    const int32_t mine = warnings.load();
+    comm->host_all_gather(&mine, all.data(), sizeof(mine));
+    int32_t total = 0;
+    for (auto w : all) total += w;
+    EXPECT_EQ(total, 1) << "warning lines across ranks (expected one: rank 0's 'fast path off' at creation)";
+    comm->host_barrier();
+    cudaStreamDestroy(s);
+  }
+}
+
 // A rank that never joins: the others get kTimeout naming it, within the limit (for each algorithm).
 TEST(AllReduceTimeout, MissingRankIsNamedWithinTheLimit) {
   for (AllReduceAlgo algo : {AllReduceAlgo::kOneShot, AllReduceAlgo::kOneShotLL, AllReduceAlgo::kTwoShot, AllReduceAlgo::kOneShotCE}) {
@@ -498,9 +552,10 @@ TEST(AllReduceBadInput, ErrorsNameTheArgumentAndWriteNothing) {
   Communicator& comm = mp_comm();
   cudaStream_t s;
   CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  const std::size_t big = std::size_t(16) << 20;  // larger than every pinned workspace tested below
+  const std::size_t big = std::size_t(72) << 20;  // larger than every pinned workspace tested below
   DevBuf in(big), out(big);
   CUDA_OK(cudaMemset(out.p, 0x77, big));
+  CUDA_OK(cudaMemset(in.p, 0x3C, big));
   auto expect_error = [&](const char* what, ErrorCode code, auto fn) {
     try {
       fn();
@@ -524,6 +579,14 @@ TEST(AllReduceBadInput, ErrorsNameTheArgumentAndWriteNothing) {
     all_reduce(comm, in.p, out.p, comm.options().lamport_max_bytes / 2 + 8, DType::kBFloat16, ReduceOp::kSum, s,
                {AllReduceAlgo::kOneShotLL, false});
   });
+  // Every pinned barrier algorithm over its workspace (the error names the count and the option to raise).
+  for (AllReduceAlgo algo : {AllReduceAlgo::kOneShot, AllReduceAlgo::kTwoShot}) {
+    const std::size_t cap = algo == AllReduceAlgo::kOneShot ? comm.options().one_shot_max_bytes : comm.options().two_shot_max_bytes;
+    if (cap + 16 > big) continue;  // same on every rank
+    expect_error("count", ErrorCode::kInvalidArgument, [&] {
+      all_reduce(comm, in.p, out.p, cap / 2 + 8, DType::kBFloat16, ReduceOp::kSum, s, {algo, false});
+    });
+  }
   expect_error("output", ErrorCode::kInvalidArgument, [&] {
     all_reduce(comm, in.p, in.p, 16, DType::kBFloat16, ReduceOp::kSum, s, {AllReduceAlgo::kOneShot, true});
   });
@@ -540,7 +603,11 @@ TEST(AllReduceBadInput, ErrorsNameTheArgumentAndWriteNothing) {
   CUDA_OK(cudaMemcpy(got.data(), out.p, got.size(), cudaMemcpyDeviceToHost));
   std::size_t changed = 0;
   for (auto b : got) changed += b != 0x77;
-  EXPECT_EQ(changed, 0u);
+  EXPECT_EQ(changed, 0u) << "output bytes written by calls that failed";
+  CUDA_OK(cudaMemcpy(got.data(), in.p, got.size(), cudaMemcpyDeviceToHost));
+  changed = 0;
+  for (auto b : got) changed += b != 0x3C;
+  EXPECT_EQ(changed, 0u) << "input bytes written by calls that failed";
   comm.host_barrier();
   cudaStreamDestroy(s);
 }
@@ -566,6 +633,7 @@ TEST(CommunicatorLifecycle, UseAfterDestroyAndDestroyInFlight) {
   comm->synchronize(s);
   test::mp_comm().host_barrier();
   comm->destroy();
+  CUDA_OK(cudaMemset(b.p, 0x5D, 1 << 20));
   try {
     all_reduce(*comm, b.p, b.p, 16, DType::kFloat32, ReduceOp::kSum, s);
     ADD_FAILURE() << "use after destroy";
@@ -573,6 +641,131 @@ TEST(CommunicatorLifecycle, UseAfterDestroyAndDestroyInFlight) {
     EXPECT_EQ(e.code(), ErrorCode::kInvalidState);
     EXPECT_NE(std::string(e.what()).find("destroyed"), std::string::npos);
   }
+  CUDA_OK(cudaStreamSynchronize(s));
+  std::vector<uint8_t> got(1 << 20);
+  CUDA_OK(cudaMemcpy(got.data(), b.p, got.size(), cudaMemcpyDeviceToHost));
+  std::size_t changed = 0;
+  for (auto x : got) changed += x != 0x5D;
+  EXPECT_EQ(changed, 0u) << "a call on a destroyed communicator wrote its buffer";
+  cudaStreamDestroy(s);
+}
+
+// destroy() sees work on every stream an op was enqueued on, not only the last one: here the last op (NCCL on
+// s2) has finished while an earlier one (on s1, held back by a host function) has not. Every rank runs the
+// pinned-NCCL call before the tpcomm kernel on the device, so the cross-rank order of each protocol holds.
+TEST(CommunicatorLifecycle, DestroySeesEveryStream) {
+  auto comm = test::fresh_comm();
+  const int R = comm->rank();
+  cudaStream_t s1, s2;
+  CUDA_OK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+  CUDA_OK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+  DevBuf b(1 << 20);
+  CUDA_OK(cudaMemset(b.p, 0, 1 << 20));
+  CUDA_OK(cudaLaunchHostFunc(s1, [](void*) { std::this_thread::sleep_for(std::chrono::milliseconds(400)); }, nullptr));
+  all_reduce(*comm, b.p, b.c() + (1 << 19), 4096, DType::kBFloat16, ReduceOp::kSum, s1, {AllReduceAlgo::kOneShot, false});
+  all_reduce(*comm, b.c() + (1 << 18), b.c() + (1 << 18), 4096, DType::kBFloat16, ReduceOp::kSum, s2, {AllReduceAlgo::kNccl, false});
+  comm->synchronize(s2);
+  if (R == 0) {
+    try {
+      comm->destroy();
+      ADD_FAILURE() << "destroy() succeeded with an all-reduce in flight on an earlier stream";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidState) << e.what();
+      EXPECT_NE(std::string(e.what()).find("in flight"), std::string::npos) << e.what();
+    }
+  }
+  comm->synchronize(s1);
+  test::mp_comm().host_barrier();
+  EXPECT_NO_THROW(comm->destroy());
+  cudaStreamDestroy(s1);
+  cudaStreamDestroy(s2);
+}
+
+// A CUDA graph that captured a tpcomm op keeps the communicator's memory in use: destroy() refuses while the
+// graph or an executable instance of it exists (and nothing is freed: the graph still replays correctly), and
+// succeeds once both are gone.
+TEST(CommunicatorLifecycle, DestroyRefusesWhileACapturedGraphExists) {
+  auto comm = test::fresh_comm();
+  const int W = comm->world_size(), R = comm->rank();
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  const std::size_t count = 4099;
+  const DType dt = DType::kBFloat16;
+  DevBuf in(count * 2), out(count * 2);
+  all_reduce(*comm, in.p, out.p, count, dt, ReduceOp::kSum, s);  // warm-up outside capture
+  comm->synchronize(s);
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  all_reduce(*comm, in.p, out.p, count, dt, ReduceOp::kSum, s, {AllReduceAlgo::kOneShotLL, false});
+  all_reduce(*comm, in.p, out.p, count, dt, ReduceOp::kMax, s);
+  CUDA_OK(cudaStreamEndCapture(s, &g));
+  CUDA_OK(cudaGraphInstantiate(&ge, g, 0));
+  const uint64_t seed = shared_seed(*comm);
+  std::vector<std::vector<uint8_t>> inputs(W);
+  for (int r = 0; r < W; ++r) inputs[r] = test::make_input(count, dt, seed, r);
+  const auto ref = test::reference_all_reduce(inputs, count, dt, ReduceOp::kMax);
+  CUDA_OK(static_cast<cudaError_t>(tpcomm::test::copy_to_device(in.p, inputs[R].data(), count * 2)));
+  CUDA_OK(cudaMemset(out.p, 0xFF, count * 2));
+  try {
+    comm->destroy();
+    ADD_FAILURE() << "destroy() succeeded while a graph with captured tpcomm ops exists";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidState) << e.what();
+    EXPECT_NE(std::string(e.what()).find("graph"), std::string::npos) << e.what();
+  }
+  test::mp_comm().host_barrier();
+  CUDA_OK(cudaGraphLaunch(ge, s));  // the refused destroy freed nothing: the replay still reduces correctly
+  comm->synchronize(s);
+  std::vector<uint8_t> got(count * 2);
+  CUDA_OK(cudaMemcpy(got.data(), out.p, got.size(), cudaMemcpyDeviceToHost));
+  std::size_t bad = 0;
+  for (std::size_t i = 0; i < count; ++i) bad += test::load_element(got.data(), i, dt) != ref[i];  // max is exact
+  EXPECT_EQ(bad, 0u);
+  CUDA_OK(cudaGraphDestroy(g));  // the executable instance alone still holds the memory
+  try {
+    comm->destroy();
+    ADD_FAILURE() << "destroy() succeeded while an executable graph instance exists";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidState) << e.what();
+  }
+  CUDA_OK(cudaGraphExecDestroy(ge));
+  test::mp_comm().host_barrier();
+  EXPECT_NO_THROW(comm->destroy());
+  cudaStreamDestroy(s);
+}
+
+// Adopting an NCCL communicator the caller made: tpcomm works on it and leaves it alive after destroy().
+TEST(CommunicatorLifecycle, AdoptedNcclCommIsUsedAndNotDestroyed) {
+  Communicator& base = mp_comm();
+  const int W = base.world_size(), R = base.rank();
+  ncclUniqueId id{};
+  if (R == 0) ASSERT_EQ(ncclGetUniqueId(&id), ncclSuccess);
+  std::vector<ncclUniqueId> ids(W);
+  base.host_all_gather(&id, ids.data(), sizeof(id));
+  ncclComm_t nc = nullptr;
+  ASSERT_EQ(ncclCommInitRank(&nc, W, ids[0], R), ncclSuccess);
+  auto comm = Communicator::adopt(nc);
+  EXPECT_EQ(comm->rank(), R);
+  EXPECT_EQ(comm->world_size(), W);
+  EXPECT_EQ(comm->nccl(), nc);
+  EXPECT_EQ(comm->fast_path(), base.fast_path());
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  for (AllReduceAlgo algo : {AllReduceAlgo::kAuto, AllReduceAlgo::kOneShot, AllReduceAlgo::kNccl})
+    EXPECT_TRUE(run_case(*comm, {DType::kBFloat16, ReduceOp::kSum, algo, false, 1023, false, 0}, s) || algo != AllReduceAlgo::kAuto);
+  comm->synchronize(s);
+  comm->host_barrier();
+  comm->destroy();
+  // The NCCL communicator is still the caller's and still works.
+  int count = 0;
+  EXPECT_EQ(ncclCommCount(nc, &count), ncclSuccess);
+  EXPECT_EQ(count, W);
+  DevBuf b(4096);
+  CUDA_OK(cudaMemset(b.p, 0, 4096));
+  EXPECT_EQ(ncclAllReduce(b.p, b.p, 1024, ncclFloat32, ncclSum, nc, s), ncclSuccess);
+  CUDA_OK(cudaStreamSynchronize(s));
+  EXPECT_EQ(ncclCommDestroy(nc), ncclSuccess);
   cudaStreamDestroy(s);
 }
 

@@ -3,6 +3,7 @@
 
 #include <cstdlib>
 
+#include "collectives/all_reduce_args.h"
 #include "tpcomm/all_reduce.h"
 #include "tpcomm/error.h"
 
@@ -74,4 +75,58 @@ TEST(AllReduceSelect, AlgorithmNamesRoundTrip) {
     EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
     EXPECT_NE(std::string(e.what()).find("algo"), std::string::npos);
   }
+}
+
+// all_reduce()'s argument checks run before anything is enqueued; pointers here are never dereferenced.
+namespace {
+const void* ptr(uintptr_t a) { return reinterpret_cast<const void*>(a); }
+std::string arg_error(const void* in, const void* out, std::size_t count, DType dt, ReduceOp op,
+                      AllReduceOptions o = {}) {
+  try {
+    detail::check_all_reduce_args(in, out, count, dt, op, o);
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
+    return e.what();
+  }
+  return "";
+}
+// Error::what() is "<code name>: <argument>: <reason>"; the argument must come first after the code.
+bool starts_with(const std::string& s, const std::string& p) {
+  return s.rfind(std::string(error_code_name(ErrorCode::kInvalidArgument)) + ": " + p, 0) == 0;
+}
+}  // namespace
+
+TEST(AllReduceArgs, EachBadArgumentIsNamed) {
+  const uintptr_t a = 0x100000, b = 0x200000;
+  const DType bf = DType::kBFloat16;
+  const ReduceOp sum = ReduceOp::kSum;
+  EXPECT_TRUE(starts_with(arg_error(ptr(a), ptr(b), 16, DType::kFloat8E4M3, sum), "dtype:"));
+  EXPECT_TRUE(starts_with(arg_error(ptr(a), ptr(b), 16, bf, static_cast<ReduceOp>(7)), "op:"));
+  EXPECT_TRUE(starts_with(arg_error(nullptr, ptr(b), 16, bf, sum), "input: null"));
+  EXPECT_TRUE(starts_with(arg_error(ptr(a), nullptr, 16, bf, sum), "output: null"));
+  EXPECT_TRUE(starts_with(arg_error(ptr(a + 1), ptr(b), 16, bf, sum), "input: not aligned"));
+  EXPECT_TRUE(starts_with(arg_error(ptr(a), ptr(b + 2), 16, DType::kFloat32, sum), "output: not aligned"));
+  EXPECT_TRUE(starts_with(arg_error(ptr(a), ptr(a + 2), 64, bf, sum), "output: partially overlaps"));
+  EXPECT_TRUE(starts_with(arg_error(ptr(a + 2), ptr(a), 64, bf, sum), "output: partially overlaps"));
+  EXPECT_TRUE(starts_with(arg_error(ptr(a), ptr(b), SIZE_MAX / 2 + 1, bf, sum), "count:"));
+  // Zero copy: only pinned one_shot, never in place, 16-byte aligned input.
+  EXPECT_TRUE(starts_with(arg_error(ptr(a), ptr(b), 16, bf, sum, {AllReduceAlgo::kAuto, true}), "zero_copy:"));
+  EXPECT_TRUE(starts_with(arg_error(ptr(a), ptr(b), 16, bf, sum, {AllReduceAlgo::kTwoShot, true}), "zero_copy:"));
+  EXPECT_TRUE(starts_with(arg_error(ptr(a), ptr(a), 16, bf, sum, {AllReduceAlgo::kOneShot, true}), "output: zero-copy"));
+  EXPECT_TRUE(starts_with(arg_error(ptr(a + 2), ptr(b), 16, bf, sum, {AllReduceAlgo::kOneShot, true}), "input: zero-copy"));
+}
+
+TEST(AllReduceArgs, ValidCallsPassAndEmptyOnesAreNoOps) {
+  const uintptr_t a = 0x100000, b = 0x200000;
+  for (DType dt : {DType::kFloat32, DType::kFloat16, DType::kBFloat16})
+    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax, ReduceOp::kMin}) {
+      EXPECT_TRUE(detail::check_all_reduce_args(ptr(a), ptr(b), 7, dt, op, {}));
+      EXPECT_TRUE(detail::check_all_reduce_args(ptr(a), ptr(a), 1023, dt, op, {}));  // in place
+    }
+  // Adjacent, not overlapping; odd 2-byte offsets are fine outside zero copy.
+  EXPECT_TRUE(detail::check_all_reduce_args(ptr(a + 2), ptr(a + 2 + 64), 32, DType::kBFloat16, ReduceOp::kSum, {}));
+  EXPECT_TRUE(detail::check_all_reduce_args(ptr(a), ptr(b), 16, DType::kBFloat16, ReduceOp::kSum, {AllReduceAlgo::kOneShot, true}));
+  // count == 0: nothing to do, null pointers accepted (as NCCL does); dtype and op are still checked.
+  EXPECT_FALSE(detail::check_all_reduce_args(nullptr, nullptr, 0, DType::kBFloat16, ReduceOp::kSum, {}));
+  EXPECT_TRUE(starts_with(arg_error(nullptr, nullptr, 0, DType::kFloat8E4M3, ReduceOp::kSum), "dtype:"));
 }
