@@ -71,7 +71,8 @@ double time_eager_us(cudaStream_t stream, const std::function<void()>& fn, int i
 }
 
 double time_graph_us(cudaStream_t stream, const std::function<void()>& fn, int iters, int reps,
-                     const std::function<void()>& after_capture) {
+                     const std::function<void()>& after_capture,
+                     const std::function<void(cudaGraphExec_t)>& after_timing) {
   fn();  // warm-up outside capture (lazy init must not happen inside the graph)
   BENCH_CUDA(cudaStreamSynchronize(stream));
   cudaGraph_t graph;
@@ -98,6 +99,7 @@ double time_graph_us(cudaStream_t stream, const std::function<void()>& fn, int i
   }
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
+  if (after_timing) after_timing(exec);  // outside the timed region
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   return median(samples);

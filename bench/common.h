@@ -35,9 +35,11 @@ double median(std::vector<double> v);
 double time_eager_us(cudaStream_t stream, const std::function<void()>& fn, int iters, int reps, int warmup = 3);
 // Graph timing: captures `iters` back-to-back calls into one CUDA graph, replays it `reps` times; returns
 // the median over replays of (replay time / iters), in microseconds. `after_capture` runs once between
-// capture and the first replay (used to register graph buffers).
+// capture and the first replay (used to register graph buffers). `after_timing` runs once after the timed
+// replays, before the graph is destroyed, with the instantiated graph (used to check a replay's output).
 double time_graph_us(cudaStream_t stream, const std::function<void()>& fn, int iters, int reps,
-                     const std::function<void()>& after_capture = {});
+                     const std::function<void()>& after_capture = {},
+                     const std::function<void(cudaGraphExec_t)>& after_timing = {});
 
 // Device-to-device copy bandwidth on the current device, counting bytes read + bytes written (GB/s).
 double measure_copy_GBps(std::size_t bytes = std::size_t(1) << 30, int reps = 10);

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -121,6 +122,91 @@ int iters_for(std::size_t bytes, bool quick) {
   return 10;
 }
 
+struct CheckResult {
+  int state = -1;  // -1 not checked, 0 failed, 1 passed
+  double maxdiff = 0;
+};
+
+// Fits auto's crossover table to graph-mode timings. kAuto (select_all_reduce) runs one_shot_ll up to `ll`,
+// one_shot up to `one`, two_shot up to `two` and NCCL above (the copy-engine and zero-copy forms are never
+// auto's choice, so they are not candidates). Picks the limits (each at a measured size, 0 = never) that
+// minimise the sum over sizes of t(chosen) / t(fastest candidate at that size); a cell that failed its check
+// or was not run cannot be chosen. value: "ll=..,one=..,two=.." in TPCOMM_AR_TABLE's syntax, or empty (why).
+struct TableFit {
+  std::string value, why;
+  int off = 0;       // sizes where the fitted table does not pick the fastest candidate
+  double worst = 1;  // largest t(chosen) / t(fastest) over sizes
+};
+TableFit fit_auto_table(const std::vector<std::size_t>& sizes, const std::map<std::size_t, std::map<std::string, double>>& us,
+                        const std::map<std::size_t, std::map<std::string, int>>& checked) {
+  static const char* const kCand[4] = {"tpcomm:one_shot_ll", "tpcomm:one_shot", "tpcomm:two_shot", "nccl"};
+  TableFit fit;
+  const std::size_t n = sizes.size();
+  if (n == 0) {
+    fit.why = "no sizes";
+    return fit;
+  }
+  // t[c][k]: time of candidate c at size k, NaN when not usable.
+  std::vector<std::vector<double>> t(4, std::vector<double>(n, NAN));
+  std::vector<double> best(n, NAN);
+  std::vector<int> best_c(n, -1);
+  for (std::size_t k = 0; k < n; ++k) {
+    const auto row = us.find(sizes[k]);
+    const auto chk = checked.find(sizes[k]);
+    for (int c = 0; c < 4; ++c) {
+      if (row == us.end() || !row->second.count(kCand[c])) continue;
+      if (chk != checked.end() && chk->second.count(kCand[c]) && chk->second.at(kCand[c]) == 0) continue;
+      const double v = row->second.at(kCand[c]);
+      if (!std::isfinite(v) || v <= 0) continue;
+      t[c][k] = v;
+      if (best_c[k] < 0 || v < best[k]) { best[k] = v; best_c[k] = c; }
+    }
+    if (best_c[k] < 0) {
+      fit.why = "no usable one_shot_ll/one_shot/two_shot/nccl cell at " + format_size(sizes[k]);
+      return fit;
+    }
+  }
+  // Prefix sums of the relative cost and of the unusable cells, per candidate.
+  std::vector<std::vector<double>> cost(4, std::vector<double>(n + 1, 0));
+  std::vector<std::vector<int>> missing(4, std::vector<int>(n + 1, 0));
+  for (int c = 0; c < 4; ++c)
+    for (std::size_t k = 0; k < n; ++k) {
+      const bool ok = std::isfinite(t[c][k]);
+      cost[c][k + 1] = cost[c][k] + (ok ? t[c][k] / best[k] : 0);
+      missing[c][k + 1] = missing[c][k] + (ok ? 0 : 1);
+    }
+  auto span_ok = [&](int c, std::size_t i, std::size_t j) { return missing[c][j] - missing[c][i] == 0; };
+  auto span_cost = [&](int c, std::size_t i, std::size_t j) { return cost[c][j] - cost[c][i]; };
+  // Sizes [0, i1) one_shot_ll, [i1, i2) one_shot, [i2, i3) two_shot, [i3, n) nccl.
+  double bc = 0;
+  std::size_t b1 = 0, b2 = 0, b3 = 0;
+  bool found = false;
+  for (std::size_t i1 = 0; i1 <= n; ++i1) {
+    if (!span_ok(0, 0, i1)) break;
+    for (std::size_t i2 = i1; i2 <= n; ++i2) {
+      if (!span_ok(1, i1, i2)) break;
+      for (std::size_t i3 = i2; i3 <= n; ++i3) {
+        if (!span_ok(2, i2, i3)) break;
+        if (!span_ok(3, i3, n)) continue;
+        const double c = span_cost(0, 0, i1) + span_cost(1, i1, i2) + span_cost(2, i2, i3) + span_cost(3, i3, n);
+        if (!found || c < bc - 1e-9) { found = true; bc = c; b1 = i1; b2 = i2; b3 = i3; }
+      }
+    }
+  }
+  if (!found) {
+    fit.why = "no table of auto's form (ll <= one <= two, NCCL above) uses only measured, correct cells";
+    return fit;
+  }
+  for (std::size_t k = 0; k < n; ++k) {
+    const int c = k < b1 ? 0 : k < b2 ? 1 : k < b3 ? 2 : 3;
+    if (t[c][k] > best[k]) ++fit.off;
+    fit.worst = std::max(fit.worst, t[c][k] / best[k]);
+  }
+  auto limit = [&](std::size_t i) { return i ? format_size(sizes[i - 1]) : std::string("0"); };
+  fit.value = "ll=" + limit(b1) + ",one=" + limit(b2) + ",two=" + limit(b3);
+  return fit;
+}
+
 // Peer copy bandwidth with the copy engine through a peer mapping (GB/s per direction):
 //  uni:   rank 0 -> rank 1 alone;
 //  bidir: every rank copies to its right neighbour at the same time (what an all-reduce does: at W = 2
@@ -194,10 +280,11 @@ int run(int argc, char** argv) {
     if (bytes && (sizes.empty() || sizes.back() != bytes)) sizes.push_back(bytes);
   }
   const std::size_t max_bytes = sizes.empty() ? 0 : sizes.back();
-  void *in = nullptr, *out = nullptr, *ref = nullptr;
+  void *in = nullptr, *out = nullptr, *ref = nullptr, *ref_graph = nullptr;
   BENCH_CUDA(cudaMalloc(&in, max_bytes + 256));
   BENCH_CUDA(cudaMalloc(&out, max_bytes + 256));
   BENCH_CUDA(cudaMalloc(&ref, max_bytes + 256));
+  if (a.check) BENCH_CUDA(cudaMalloc(&ref_graph, max_bytes + 256));
   std::vector<Impl> impls;
   for (auto& n : a.impls) impls.push_back(make_impl(n));
   bool have_zc = false;
@@ -205,13 +292,38 @@ int run(int argc, char** argv) {
   if (have_zc && comm->fast_path()) register_buffer(*comm, in, max_bytes + 256);
 
   std::vector<std::string> rows;
-  // results[mode][size][impl] = us
+  // table[mode][size][impl] = us; checked[mode][size][impl] = check state; ran_algo[size][impl] = algorithm run
   std::map<std::string, std::map<std::size_t, std::map<std::string, double>>> table;
-  std::map<std::size_t, std::string> auto_algo;
+  std::map<std::string, std::map<std::size_t, std::map<std::string, int>>> checked;
+  std::map<std::size_t, std::map<std::string, std::string>> ran_algo;
   int failures = 0;
+  // Compares `out` (written by the impl under test) with `expect` (NCCL on the same input): within tolerance
+  // and bitwise equal across ranks. Collective (host all-gathers): every rank calls it in the same order.
+  auto verify = [&](const Impl& im, std::size_t bytes, std::size_t count, const void* expect, const char* mode) {
+    comm->synchronize(s);
+    const CompareResult cr = compare(out, expect, count, a.dtype, s);
+    std::vector<uint64_t> hashes(W);
+    comm->host_all_gather(&cr.hash, hashes.data(), sizeof(uint64_t));
+    bool same = true;
+    for (auto h : hashes) same = same && h == hashes[0];
+    const double maxdiff = cr.max_abs_diff;
+    bool ok = same && std::isfinite(maxdiff) && maxdiff <= tolerance(a.dtype, W);
+    std::vector<int32_t> oks(W);
+    const int32_t okv = ok ? 1 : 0;
+    comm->host_all_gather(&okv, oks.data(), sizeof(int32_t));
+    for (auto v : oks) ok = ok && v;
+    if (!ok) {
+      ++failures;
+      if (lead)
+        std::printf("CHECK FAILED (%s): %s %s: max |diff| vs NCCL %.3g, ranks bitwise equal: %s\n", mode,
+                    im.name.c_str(), format_size(bytes).c_str(), maxdiff, same ? "yes" : "no");
+    }
+    return CheckResult{ok ? 1 : 0, maxdiff};
+  };
   for (std::size_t bytes : sizes) {
     const std::size_t count = bytes / esize;
-    fill_random(in, count, a.dtype, 0x1234ull * (R + 1) + bytes, s);
+    const uint64_t seed = 0x1234ull * (R + 1) + bytes;
+    fill_random(in, count, a.dtype, seed, s);
     BENCH_CUDA(cudaStreamSynchronize(s));
     if (a.check) {
       poison(ref, bytes, s);
@@ -228,49 +340,50 @@ int run(int argc, char** argv) {
         runnable = false;
       }
       if (!runnable) continue;
-      if (im.algo == AllReduceAlgo::kAuto) auto_algo[bytes] = ran;
-      bool correct = true;
-      double maxdiff = 0;
+      ran_algo[bytes][im.name] = ran;
+      // Eager: one call on the sweep's input, before timing.
+      CheckResult eager_check, graph_check;
       if (a.check) {
         poison(out, bytes, s);
         all_reduce(*comm, in, out, count, a.dtype, a.op, s, o);
-        comm->synchronize(s);
-        const CompareResult cr = compare(out, ref, count, a.dtype, s);
-        std::vector<uint64_t> hashes(W);
-        comm->host_all_gather(&cr.hash, hashes.data(), sizeof(uint64_t));
-        bool same = true;
-        for (auto h : hashes) same = same && h == hashes[0];
-        maxdiff = cr.max_abs_diff;
-        correct = same && std::isfinite(maxdiff) && maxdiff <= tolerance(a.dtype, W);
-        std::vector<int32_t> oks(W);
-        const int32_t okv = correct ? 1 : 0;
-        comm->host_all_gather(&okv, oks.data(), sizeof(int32_t));
-        for (auto v : oks) correct = correct && v;
-        if (!correct) {
-          ++failures;
-          if (lead)
-            std::printf("CHECK FAILED: %s %s: max |diff| vs NCCL %.3g, ranks bitwise equal: %s\n", im.name.c_str(),
-                        format_size(bytes).c_str(), maxdiff, same ? "yes" : "no");
-        }
+        eager_check = verify(im, bytes, count, ref, "eager");
       }
+      // Graph: after the timed replays (outside the timed region), one more replay of the same instantiated
+      // graph on fresh input with the output poisoned, against NCCL on that input; then the sweep's input is
+      // restored for the eager timing and the next impls' eager checks.
+      std::function<void(cudaGraphExec_t)> check_graph;
+      if (a.check)
+        check_graph = [&](cudaGraphExec_t exec) {
+          fill_random(in, count, a.dtype, seed + 0x9E3779B97F4A7C15ull, s);
+          poison(ref_graph, bytes, s);
+          all_reduce(*comm, in, ref_graph, count, a.dtype, a.op, s, {AllReduceAlgo::kNccl, false});
+          poison(out, bytes, s);
+          BENCH_CUDA(cudaGraphLaunch(exec, s));
+          graph_check = verify(im, bytes, count, ref_graph, "graph");
+          fill_random(in, count, a.dtype, seed, s);
+          BENCH_CUDA(cudaStreamSynchronize(s));
+        };
       const int iters = iters_for(bytes, a.quick);
       const int reps = a.quick ? 5 : 15;
       auto call = [&] { all_reduce(*comm, in, out, count, a.dtype, a.op, s, o); };
       for (const std::string& mode : a.modes) {
         comm->host_barrier();
-        double us = mode == "graph" ? time_graph_us(s, call, iters, reps) : time_eager_us(s, call, iters, reps);
+        double us = mode == "graph" ? time_graph_us(s, call, iters, reps, {}, check_graph)
+                                    : time_eager_us(s, call, iters, reps);
         comm->synchronize(s);
         std::vector<double> all(W);
         comm->host_all_gather(&us, all.data(), sizeof(double));
         us = *std::max_element(all.begin(), all.end());
+        const CheckResult& chk = mode == "graph" ? graph_check : eager_check;
         table[mode][bytes][im.name] = us;
+        checked[mode][bytes][im.name] = a.check ? chk.state : -1;
         const double algbw = bytes / (us * 1e3);
         const double busbw = algbw * 2.0 * (W - 1) / W;
         JsonObject r;
         r.add("suite", "all_reduce").add("impl", im.name).add("algo", ran).add("dtype", dtype_name(a.dtype));
         r.add("op", reduce_op_name(a.op)).add("bytes", bytes).add("mode", mode).add("us", us);
         r.add("algbw_GBps", algbw).add("busbw_GBps", busbw);
-        if (a.check) r.add("correct", correct).add("max_abs_diff_vs_nccl", maxdiff);
+        if (a.check && chk.state >= 0) r.add("correct", chk.state == 1).add("max_abs_diff_vs_nccl", chk.maxdiff);
         else r.add_raw("correct", "null");
         rows.push_back(r.str());
       }
@@ -282,23 +395,28 @@ int run(int argc, char** argv) {
   }
   comm->synchronize(s);
 
+  std::string suggested;
   if (lead) {
     for (const std::string& mode : a.modes) {
-      std::printf("\nall_reduce %s, %s, %d ranks, median us (max over ranks); busbw = 2(W-1)/W * bytes / t\n",
+      std::printf("\nall_reduce %s, %s, %d ranks: us = median (max over ranks); algbw = bytes / us; "
+                  "busbw = algbw * 2(W-1)/W; vs nccl = nccl us / us\n",
                   mode.c_str(), dtype_name(a.dtype), W);
-      std::printf("%9s", "bytes");
-      for (auto& im : impls) std::printf(" %14s", im.name.c_str());
-      std::printf(" %12s %11s %10s\n", "auto algo", "auto busbw", "vs nccl");
+      std::printf("%9s  %-18s  %-11s %10s %11s %11s %8s %6s\n", "bytes", "impl", "algo", "us", "algbw GB/s",
+                  "busbw GB/s", "vs nccl", "check");
       for (std::size_t bytes : sizes) {
         auto& row = table[mode][bytes];
-        std::printf("%9s", format_size(bytes).c_str());
-        for (auto& im : impls) {
-          if (row.count(im.name)) std::printf(" %14.2f", row[im.name]);
-          else std::printf(" %14s", "-");
-        }
-        const double au = row.count("tpcomm:auto") ? row["tpcomm:auto"] : NAN;
         const double nc = row.count("nccl") ? row["nccl"] : NAN;
-        std::printf(" %12s %9.1f GB/s %9.2fx\n", auto_algo[bytes].c_str(), bytes / (au * 1e3) * 2.0 * (W - 1) / W, nc / au);
+        for (auto& im : impls) {
+          if (!row.count(im.name)) continue;  // not runnable at this size (workspace, no fast path)
+          const double us = row[im.name];
+          const double algbw = bytes / (us * 1e3);
+          const double busbw = algbw * 2.0 * (W - 1) / W;
+          char vs[32] = "-";
+          if (std::isfinite(nc)) std::snprintf(vs, sizeof(vs), "%.2fx", nc / us);
+          const int st = checked[mode][bytes][im.name];
+          std::printf("%9s  %-18s  %-11s %10.2f %11.2f %11.2f %8s %6s\n", format_size(bytes).c_str(), im.name.c_str(),
+                      ran_algo[bytes][im.name].c_str(), us, algbw, busbw, vs, st < 0 ? "-" : st ? "ok" : "FAIL");
+        }
       }
     }
     // Fastest fast-path algorithm per size in graph mode: the data the auto table is tuned from.
@@ -312,6 +430,19 @@ int run(int argc, char** argv) {
         std::printf(" %s=%s", format_size(bytes).c_str(), best.c_str());
       }
       std::printf("\n");
+      const TableFit fit = fit_auto_table(sizes, table["graph"], checked["graph"]);
+      if (fit.value.empty()) {
+        std::printf("no TPCOMM_AR_TABLE suggested: %s\n", fit.why.c_str());
+      } else {
+        suggested = fit.value;
+        const CommOptions& ro = comm->options();
+        std::printf("export TPCOMM_AR_TABLE=%s  # suggested for %d ranks from graph mode (fastest of one_shot_ll, one_shot, "
+                    "two_shot, nccl per size%s); %d of %zu sizes off their fastest, worst %+.1f%%; limits above a "
+                    "workspace (this run: ll %s, one %s, two %s) fall through\n",
+                    fit.value.c_str(), W, a.check ? ", checked cells only" : "", fit.off, sizes.size(),
+                    100.0 * (fit.worst - 1), format_size(ro.lamport_max_bytes).c_str(),
+                    format_size(ro.one_shot_max_bytes).c_str(), format_size(ro.two_shot_max_bytes).c_str());
+      }
     }
     const AllReduceTable& t = comm->impl().ar_table;
     JsonObject top;
@@ -320,6 +451,12 @@ int run(int argc, char** argv) {
     int ncclv = 0;
     ncclGetVersion(&ncclv);
     top.add("nccl_version", ncclv).add("check", a.check).add("failures", failures);
+    if (a.check)
+      top.add("check_method", "eager: one call on the sweep input before timing; graph: one more replay of the timed "
+                              "graph after timing, on fresh input with the output poisoned; both vs NCCL within "
+                              "tolerance and bitwise equal across ranks");
+    if (suggested.empty()) top.add_raw("suggested_ar_table", "null");
+    else top.add("suggested_ar_table", suggested);
     top.add_raw("results", json_array(rows));
     const std::string path = a.json.empty() ? a.out_dir + "/all_reduce.json" : a.json;
     if (write_file(path, top.str() + "\n")) std::printf("wrote %s\n", path.c_str());
@@ -331,6 +468,7 @@ int run(int argc, char** argv) {
   cudaFree(in);
   cudaFree(out);
   cudaFree(ref);
+  if (ref_graph) cudaFree(ref_graph);
   cudaStreamDestroy(s);
   comm->destroy();
   return failures ? 1 : 0;
