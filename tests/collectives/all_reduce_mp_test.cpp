@@ -735,6 +735,50 @@ TEST(CommunicatorLifecycle, DestroyRefusesWhileACapturedGraphExists) {
   cudaStreamDestroy(s);
 }
 
+// No device allocation on the hot path: after a warm-up of every size, 1,000 more calls (every algorithm auto
+// picks across the sizes, eager) leave the device's free memory unchanged.
+TEST(AllReduceHotPath, NoDeviceAllocationAcrossCalls) {
+  Communicator& comm = mp_comm();
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  const std::size_t max_bytes = std::size_t(32) << 20;
+  DevBuf in(max_bytes), out(max_bytes);
+  CUDA_OK(cudaMemset(in.p, 0, max_bytes));
+  const std::size_t sizes[] = {8 << 10, 512 << 10, 1 << 20, 2 << 20, 8 << 20, 32 << 20};
+  auto sweep = [&] {
+    for (std::size_t b : sizes) all_reduce(comm, in.p, out.p, b / 2, DType::kBFloat16, ReduceOp::kSum, s);
+  };
+  for (int i = 0; i < 3; ++i) sweep();
+  comm.synchronize(s);
+  std::size_t free0 = 0, free1 = 0, total = 0;
+  CUDA_OK(cudaMemGetInfo(&free0, &total));
+  for (int i = 0; i < 1000 / 6 + 1; ++i) sweep();
+  comm.synchronize(s);
+  CUDA_OK(cudaMemGetInfo(&free1, &total));
+  EXPECT_EQ(free0, free1) << "device memory allocated on the hot path: " << (double(free0) - double(free1)) / 1048576.0 << " MiB";
+  comm.host_barrier();
+  cudaStreamDestroy(s);
+}
+
+// Teardown frees what creation allocated: communicators created and destroyed in a loop leave the device's free
+// memory where one create/destroy cycle left it (NCCL may keep a little per process; 8 MiB of slack for it,
+// where one leaked workspace would be hundreds of MiB).
+TEST(CommunicatorLifecycle, CreateDestroyLoopDoesNotLeak) {
+  { auto warm = test::fresh_comm(); warm->destroy(); }
+  CUDA_OK(cudaDeviceSynchronize());
+  std::size_t free0 = 0, free1 = 0, total = 0;
+  CUDA_OK(cudaMemGetInfo(&free0, &total));
+  for (int i = 0; i < 3; ++i) {
+    auto comm = test::fresh_comm();
+    comm->destroy();
+  }
+  CUDA_OK(cudaDeviceSynchronize());
+  CUDA_OK(cudaMemGetInfo(&free1, &total));
+  EXPECT_GE(double(free1) + 8.0 * 1048576.0, double(free0))
+      << "leaked per 3 create/destroy cycles: " << (double(free0) - double(free1)) / 1048576.0 << " MiB";
+  test::mp_comm().host_barrier();
+}
+
 // Adopting an NCCL communicator the caller made: tpcomm works on it and leaves it alive after destroy().
 TEST(CommunicatorLifecycle, AdoptedNcclCommIsUsedAndNotDestroyed) {
   Communicator& base = mp_comm();
