@@ -32,7 +32,8 @@ enum class Fp8Format : int { kE4M3 = 0, kE5M2 = 1 };
 enum class Fp8Scaling : int {
   kTensorwise = 0,    // one scale                                 cuBLASLt SCALAR_32F
   kRowwise = 1,       // one scale per row, scale_inv[rows]           OUTER_VEC_32F (A operand, or W of W^T)
-  kColwise = 2,       // one scale per column, scale_inv[cols]        OUTER_VEC_32F (B operand stored K x N)
+  kColwise = 2,       // one scale per column, scale_inv[cols]        OUTER_VEC_32F after a transpose (Hopper's FP8
+                      //   GEMM takes K-major operands only; for W^T quantize W (N x K) kRowwise instead)
   kBlock1x128 = 3,    // one scale per 1x128 block along cols        VEC128_32F: M-major, scale_inv[j*ld + i]
   kBlock128x128 = 4,  // one scale per 128x128 block                 BLK128x128_32F: row-major, scale_inv[i*ld + j]
 };
