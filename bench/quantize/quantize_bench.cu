@@ -112,7 +112,9 @@ struct Scalars {
 constexpr float kGivenAmax = 512.0f;  // >= every value the random fill produces (|x| < 2^10)
 
 // ---- op builders ---------------------------------------------------------------------------------------------------
-Op fp8_op(const std::string& name, Fp8Scaling sc, int64_t M, int64_t K, bool static_amax, const Scalars& s) {
+// transposed: colwise with Fp8QuantizeParams::transpose_output ((K, M) output).
+Op fp8_op(const std::string& name, Fp8Scaling sc, int64_t M, int64_t K, bool static_amax, const Scalars& s,
+          bool transposed = false) {
   Op op;
   op.kernel = name;
   op.shape = {M, K};
@@ -134,6 +136,7 @@ Op fp8_op(const std::string& name, Fp8Scaling sc, int64_t M, int64_t K, bool sta
     if (sc == Fp8Scaling::kTensorwise && static_amax) p.amax_in = s.given_amax;
     if ((sc == Fp8Scaling::kTensorwise && !static_amax) || sc == Fp8Scaling::kColwise)
       p.amax_out = reinterpret_cast<float*>(out + amax_off);
+    p.transpose_output = transposed;
     return p;
   };
   op.launch = [=](uint8_t* in, uint8_t* out, cudaStream_t st) { fp8_quantize(params(in, out), st); };
@@ -141,7 +144,17 @@ Op fp8_op(const std::string& name, Fp8Scaling sc, int64_t M, int64_t K, bool sta
     // Window: the last 128 rows (all columns).
     const int64_t W = std::min<int64_t>(128, M), r0 = M - W;
     auto x = dl<uint16_t>(in + r0 * K * 2, static_cast<size_t>(W * K));
-    const auto gdata = dl<uint8_t>(out + data_off + r0 * K, static_cast<size_t>(W * K));
+    std::vector<uint8_t> gdata;
+    if (transposed) {
+      // Rows r0.. of every output row (= input column), brought back row-major for the comparison below.
+      std::vector<uint8_t> t(static_cast<size_t>(W * K));
+      BENCH_CUDA(cudaMemcpy2D(t.data(), W, out + data_off + r0, M, W, K, cudaMemcpyDeviceToHost));
+      gdata.resize(t.size());
+      for (int64_t c = 0; c < K; ++c)
+        for (int64_t r = 0; r < W; ++r) gdata[r * K + c] = t[c * W + r];
+    } else {
+      gdata = dl<uint8_t>(out + data_off + r0 * K, static_cast<size_t>(W * K));
+    }
     if (sc == Fp8Scaling::kTensorwise) {
       const float amax = static_amax ? kGivenAmax : host_amax(dl<uint16_t>(in, n));
       const auto want = ref::fp8_quantize(x, W, K, Fp8Format::kE4M3, sc, false, 0, &amax);
@@ -366,8 +379,8 @@ void print_help() {
       "usage: tpcomm-bench quantize [--out DIR] [--json PATH] [--kernels a,b] [--quick] [--check]\n"
       "  --out DIR      write DIR/quantize.json (default bench/results/local)\n"
       "  --json PATH    write the JSON to PATH instead\n"
-      "  --kernels a,b  only these kernels: fp8_tensorwise fp8_tensorwise_static fp8_rowwise fp8_colwise fp8_1x128\n"
-      "                 fp8_128x128 mxfp8_rowwise mxfp8_colwise mxfp8_both mxfp8_colwise_3d nvfp4_1x16\n"
+      "  --kernels a,b  only these kernels: fp8_tensorwise fp8_tensorwise_static fp8_rowwise fp8_colwise fp8_colwise_t\n"
+      "                 fp8_1x128 fp8_128x128 mxfp8_rowwise mxfp8_colwise mxfp8_both mxfp8_colwise_3d nvfp4_1x16\n"
       "                 nvfp4_1x16_amax nvfp4_16x16 fp8_rowwise_dequant mxfp8_rowwise_dequant nvfp4_dequant\n"
       "  --quick        a few shapes (smoke test)\n"
       "  --experts a,b  3-D MXFP8 expert counts (default 1,2,4,8,16,32,64,128)\n"
@@ -464,6 +477,7 @@ int run_quantize_suite(int argc, char** argv) {
     add(fp8_op("fp8_tensorwise_static", Fp8Scaling::kTensorwise, M, K, true, sc));
     add(fp8_op("fp8_rowwise", Fp8Scaling::kRowwise, M, K, false, sc));
     add(fp8_op("fp8_colwise", Fp8Scaling::kColwise, M, K, false, sc));
+    add(fp8_op("fp8_colwise_t", Fp8Scaling::kColwise, M, K, false, sc, true));
     add(fp8_op("fp8_1x128", Fp8Scaling::kBlock1x128, M, K, false, sc));
     add(fp8_op("fp8_128x128", Fp8Scaling::kBlock128x128, M, K, false, sc));
     for (E8M0Rounding r : {E8M0Rounding::kFloor, E8M0Rounding::kRceil}) {

@@ -103,6 +103,11 @@ struct Fp8QuantizeParams {
   const float* amax_in = nullptr;
   // kTensorwise: [1], kColwise: [cols]. Receives the amax; required when it is computed (kColwise always).
   float* amax_out = nullptr;
+  // kColwise only: write the output transposed, (cols, rows) row-major: the K-major operand a Hopper FP8 GEMM takes
+  // when K = rows (e.g. the transposed operand of a backward GEMM), with scale_inv[cols] as its per-row
+  // OUTER_VEC_32F scales. Same values as the row-major output, one pass, no separate transpose. rows must be a
+  // multiple of 16 (16-byte output rows). Dequantize it as kRowwise of a (cols, rows) matrix.
+  bool transpose_output = false;
 };
 // Number of float entries scale_inv must hold (ld taken into account).
 int64_t fp8_scale_count(int64_t rows, int64_t cols, Fp8Scaling scaling, int64_t scale_ld = 0);

@@ -28,6 +28,7 @@ struct ColPlanInputs {
   int64_t block_budget = int64_t(64) << 10;  // strip bytes per block (registers included)
   int forced_w = 0;                          // 0: choose
   int forced_regs = -1;                      // -1: choose
+  int row_align = 1;                         // rows_per_block a multiple of this (16 for the transposed output)
   int sm_count = 132;
 };
 
@@ -59,7 +60,7 @@ inline ColClusterCandidates col_cluster_candidates(const ColPlanInputs& in) {
     ColClusterPlan pl;
     pl.w = w;
     pl.c = static_cast<unsigned>(c);
-    pl.rows_per_block = (in.rows + c - 1) / c;
+    pl.rows_per_block = ((in.rows + c - 1) / c + in.row_align - 1) / in.row_align * in.row_align;
     const int64_t blocks = (in.cols + w - 1) / w * c;
     pl.regs = in.forced_regs >= 0 ? in.forced_regs : (blocks > int64_t(3) * in.sm_count ? kColRegRows : 0);
     const int64_t reg_rows = int64_t(pl.regs) * (kColClusterThreads / (w / 8));  // rows a block keeps in registers

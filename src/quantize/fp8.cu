@@ -79,8 +79,9 @@ struct Rowwise {
 
 template <int kFmt>
 struct ColCast {
-  static void run(const Fp8ColParams& kp, dim3 grid, cudaStream_t stream) {
-    launch_kernel(fp8_colcast_kernel<kFmt>, grid, kColThreads, 0, stream, kp);
+  static void run(const Fp8ColParams& kp, dim3 grid, bool transposed, cudaStream_t stream) {
+    if (transposed) launch_kernel(fp8_colcast_kernel<kFmt, true>, grid, kColThreads, 0, stream, kp);
+    else launch_kernel(fp8_colcast_kernel<kFmt, false>, grid, kColThreads, 0, stream, kp);
   }
 };
 
@@ -152,8 +153,10 @@ int col_regs_override() {
   return v;
 }
 
+// The kernel of a plan: rows in registers or not; the transposed-output form keeps every row in shared memory.
 template <int kFmt, int kW>
-ColKernel col_cluster_kernel(int regs) {
+ColKernel col_cluster_kernel(int regs, bool transposed) {
+  if (transposed) return fp8_colwise_cluster_kernel<kFmt, kW, 0, true>;
   return regs == kColRegRows ? fp8_colwise_cluster_kernel<kFmt, kW, kColRegRows> : fp8_colwise_cluster_kernel<kFmt, kW, 0>;
 }
 
@@ -161,8 +164,8 @@ ColKernel col_cluster_kernel(int regs) {
 template <int kFmt, int kW>
 void col_cluster_attributes() {
   static const bool done = [] {
-    for (int regs : {0, kColRegRows}) {
-      const ColKernel k = col_cluster_kernel<kFmt, kW>(regs);
+    for (const ColKernel k : {col_cluster_kernel<kFmt, kW>(0, false), col_cluster_kernel<kFmt, kW>(kColRegRows, false),
+                              col_cluster_kernel<kFmt, kW>(0, true)}) {
       TPCOMM_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
       TPCOMM_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 << 10));
     }
@@ -173,11 +176,11 @@ void col_cluster_attributes() {
 
 // Clusters of C blocks with `smem` bytes each that can be resident at once (0: the launch would fail). Cached.
 template <int kFmt, int kW>
-int col_cluster_capacity(int regs, unsigned c, std::size_t smem) {
+int col_cluster_capacity(int regs, bool transposed, unsigned c, std::size_t smem) {
   static std::mutex mu;
-  static std::map<std::tuple<int, unsigned, std::size_t>, int> cache;
+  static std::map<std::tuple<int, bool, unsigned, std::size_t>, int> cache;
   std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_tuple(regs, c, smem);
+  const auto key = std::make_tuple(regs, transposed, c, smem);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   col_cluster_attributes<kFmt, kW>();
   cudaLaunchConfig_t cfg{};
@@ -188,7 +191,7 @@ int col_cluster_capacity(int regs, unsigned c, std::size_t smem) {
   cfg.attrs = attr;
   cfg.numAttrs = 1;
   int n = 0;
-  if (cudaOccupancyMaxActiveClusters(&n, col_cluster_kernel<kFmt, kW>(regs), &cfg) != cudaSuccess) {
+  if (cudaOccupancyMaxActiveClusters(&n, col_cluster_kernel<kFmt, kW>(regs, transposed), &cfg) != cudaSuccess) {
     (void)cudaGetLastError();
     n = 0;
   }
@@ -197,36 +200,38 @@ int col_cluster_capacity(int regs, unsigned c, std::size_t smem) {
 }
 
 template <int kFmt>
-int col_capacity(const ColClusterPlan& pl) {
+int col_capacity(const ColClusterPlan& pl, bool transposed) {
   switch (pl.w) {
-    case 32: return col_cluster_capacity<kFmt, 32>(pl.regs, pl.c, pl.smem);
-    case 64: return col_cluster_capacity<kFmt, 64>(pl.regs, pl.c, pl.smem);
-    case 128: return col_cluster_capacity<kFmt, 128>(pl.regs, pl.c, pl.smem);
+    case 32: return col_cluster_capacity<kFmt, 32>(pl.regs, transposed, pl.c, pl.smem);
+    case 64: return col_cluster_capacity<kFmt, 64>(pl.regs, transposed, pl.c, pl.smem);
+    case 128: return col_cluster_capacity<kFmt, 128>(pl.regs, transposed, pl.c, pl.smem);
   }
   return 0;
 }
 
-// The first candidate shape (colwise_plan.h) whose clusters the GPU can hold.
+// The first candidate shape (colwise_plan.h) whose clusters the GPU can hold. The transposed-output form keeps
+// every row in shared memory and slices of whole 16-row groups.
 template <int kFmt>
-std::optional<ColClusterPlan> plan_col_cluster(int64_t rows, int64_t cols) {
+std::optional<ColClusterPlan> plan_col_cluster(int64_t rows, int64_t cols, bool transposed) {
   ColPlanInputs in;
   in.rows = rows;
   in.cols = cols;
   in.block_budget = col_block_budget();
   in.forced_w = col_width_override();
-  in.forced_regs = col_regs_override();
+  in.forced_regs = transposed ? 0 : col_regs_override();
+  in.row_align = transposed ? 16 : 1;
   in.sm_count = sm_count();
   for (const ColClusterPlan& pl : col_cluster_candidates(in))
-    if (col_capacity<kFmt>(pl) > 0) return pl;
+    if (col_capacity<kFmt>(pl, transposed) > 0) return pl;
   return std::nullopt;
 }
 
 template <int kFmt, int kW>
-void launch_col_cluster(Fp8ColClusterParams kp, const ColClusterPlan& pl, cudaStream_t stream) {
+void launch_col_cluster(Fp8ColClusterParams kp, const ColClusterPlan& pl, bool transposed, cudaStream_t stream) {
   col_cluster_attributes<kFmt, kW>();
   kp.rows_per_block = pl.rows_per_block;
   const int64_t strips = (kp.cols + kW - 1) / kW;
-  ::tpcomm::detail::launch_kernel_cluster(col_cluster_kernel<kFmt, kW>(pl.regs),
+  ::tpcomm::detail::launch_kernel_cluster(col_cluster_kernel<kFmt, kW>(pl.regs, transposed),
                                           dim3(static_cast<unsigned>(strips * pl.c)), kColClusterThreads, pl.smem,
                                           pl.c, stream, kp);
 }
@@ -234,8 +239,8 @@ void launch_col_cluster(Fp8ColClusterParams kp, const ColClusterPlan& pl, cudaSt
 template <int kFmt>
 struct ColCluster {
   // False when no plan fits (the caller runs the two-pass form).
-  static bool run(const Fp8ColClusterParams& kp, cudaStream_t stream) {
-    const auto pl = plan_col_cluster<kFmt>(kp.rows, kp.cols);
+  static bool run(const Fp8ColClusterParams& kp, bool transposed, cudaStream_t stream) {
+    const auto pl = plan_col_cluster<kFmt>(kp.rows, kp.cols, transposed);
     if (!pl) {
       if (col_form() == ColForm::kCluster)
         throw Error(ErrorCode::kInvalidArgument,
@@ -252,9 +257,9 @@ struct ColCluster {
     }
     if ((kp.cols + pl->w - 1) / pl->w * pl->c > int64_t(0x7fffffff)) return false;  // beyond grid.x
     switch (pl->w) {
-      case 32: launch_col_cluster<kFmt, 32>(kp, *pl, stream); break;
-      case 64: launch_col_cluster<kFmt, 64>(kp, *pl, stream); break;
-      default: launch_col_cluster<kFmt, 128>(kp, *pl, stream); break;
+      case 32: launch_col_cluster<kFmt, 32>(kp, *pl, transposed, stream); break;
+      case 64: launch_col_cluster<kFmt, 64>(kp, *pl, transposed, stream); break;
+      default: launch_col_cluster<kFmt, 128>(kp, *pl, transposed, stream); break;
     }
     return true;
   }
@@ -308,7 +313,7 @@ void fp8_quantize(const Fp8QuantizeParams& p, cudaStream_t stream) {
       if (col_form() != ColForm::kTwoPass) {
         const Fp8ColClusterParams cp{in, p.rows, p.cols, 0, out, reinterpret_cast<uint32_t*>(p.amax_out), p.scale_inv,
                                      fmax, p.pow2_scales};
-        if (dispatch_fmt<ColCluster>(p.format, cp, stream)) break;
+        if (dispatch_fmt<ColCluster>(p.format, cp, p.transpose_output, stream)) break;
       }
       launch_zero(p.amax_out, p.cols, stream);
       // Enough blocks to fill the GPU; each block covers 256 columns and a slice of rows.
@@ -316,14 +321,15 @@ void fp8_quantize(const Fp8QuantizeParams& p, cudaStream_t stream) {
       const int64_t target = int64_t(sm_count()) * 8;
       int64_t splits = std::max<int64_t>(1, std::min<int64_t>((target + col_blocks - 1) / col_blocks, (p.rows + 63) / 64));
       splits = std::min<int64_t>(splits, 65535);
-      const int64_t rows_per_block = (p.rows + splits - 1) / splits;
+      int64_t rows_per_block = (p.rows + splits - 1) / splits;
+      if (p.transpose_output) rows_per_block = (rows_per_block + 15) / 16 * 16;  // 16-row groups (16-byte stores)
       splits = (p.rows + rows_per_block - 1) / rows_per_block;
       Fp8ColParams kp{in, p.rows, p.cols, rows_per_block, out, reinterpret_cast<uint32_t*>(p.amax_out), p.scale_inv,
                       fmax, p.pow2_scales};
       const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(splits));
       launch_kernel(fp8_colamax_kernel, grid, kColThreads, 0, stream, kp);
       TPCOMM_CUDA_CHECK(cudaGetLastError());
-      dispatch_fmt<ColCast>(p.format, kp, grid, stream);
+      dispatch_fmt<ColCast>(p.format, kp, grid, p.transpose_output, stream);
       break;
     }
     case Fp8Scaling::kBlock1x128:

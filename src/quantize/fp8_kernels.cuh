@@ -195,6 +195,45 @@ __device__ __forceinline__ uint2 quant8_fp8_cols(const uint4& v, const float (&q
   return o;
 }
 
+// Transposed output (Fp8QuantizeParams::transpose_output): load(i) returns 8 consecutive bf16 (columns col ..
+// col+7) of row r + i, i < 16; column col + j of the input is row col + j of the (cols, rows) output, and its
+// bytes r .. r+15 are one 16-byte store. Same products and conversions as quant8_fp8_cols (the same bits), paired by
+// column instead of by row: cvt2_fp8 packs rows i (low byte) and i + 1. Rows are loaded four at a time, columns
+// done in two halves (16 rows x 8 columns at once spilled at the 80-register cap of the cluster kernel). Only rows < nvalid are stored (byte stores
+// when nvalid < 16; with rows % 16 == 0 required and slices starting at multiples of 16 that does not happen).
+template <int kFmt, class Load>
+__device__ __forceinline__ void cast_cols_transposed16(const Load& load, const float (&qs)[8], uint8_t* out_t,
+                                                       int64_t rows, int64_t col, int64_t r, int nvalid) {
+#pragma unroll
+  for (int jh = 0; jh < 8; jh += 4) {  // columns in two halves (each row loaded twice): no spills at 80 registers
+    uint32_t w[4][4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      uint4 x[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) x[i] = 4 * q + i < nvalid ? load(4 * q + i) : make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float m = qs[jh + j];
+        const uint32_t lo = cvt2_fp8<kFmt>(__fmul_rn(bf16_elem(x[0], jh + j), m), __fmul_rn(bf16_elem(x[1], jh + j), m));
+        const uint32_t hi = cvt2_fp8<kFmt>(__fmul_rn(bf16_elem(x[2], jh + j), m), __fmul_rn(bf16_elem(x[3], jh + j), m));
+        w[j][q] = lo | (hi << 16);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      uint8_t* dst = out_t + (col + jh + j) * rows + r;
+      if (nvalid >= 16) {
+        *reinterpret_cast<uint4*>(dst) = make_uint4(w[j][0], w[j][1], w[j][2], w[j][3]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 16; ++i)
+          if (i < nvalid) dst[i] = static_cast<uint8_t>(w[j][i >> 2] >> (8 * (i & 3)));
+      }
+    }
+  }
+}
+
 __global__ void __launch_bounds__(kColThreads) fp8_colamax_kernel(const __grid_constant__ Fp8ColParams p) {
   ::tpcomm::detail::pdl_prologue();
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -245,7 +284,7 @@ __global__ void __launch_bounds__(kColThreads) fp8_colamax_kernel(const __grid_c
   }
 }
 
-template <int kFmt>
+template <int kFmt, bool kT>
 __global__ void __launch_bounds__(kColThreads) fp8_colcast_kernel(const __grid_constant__ Fp8ColParams p) {
   ::tpcomm::detail::pdl_prologue();
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -260,6 +299,19 @@ __global__ void __launch_bounds__(kColThreads) fp8_colcast_kernel(const __grid_c
   }
   const int64_t r_begin = static_cast<int64_t>(blockIdx.y) * p.rows_per_block;
   const int64_t r_end = min(p.rows, r_begin + p.rows_per_block);
+  if constexpr (kT) {
+    // Transposed output: warp w casts 16-row groups w, w + 8, ... of the slice (rows_per_block % 16 == 0); the
+    // block's 8 warps write 128 consecutive bytes of each output row about together.
+    for (int64_t r = r_begin + 16 * w; r < r_end; r += 16 * (kColThreads / 32)) {
+      const int n = r_end - r < 16 ? static_cast<int>(r_end - r) : 16;
+      const uint16_t* src = p.in + r * p.cols + col;
+      uint4 x[16];  // all 16 loads in flight at once (the cast reads each row twice; no register cap here)
+#pragma unroll
+      for (int i = 0; i < 16; ++i) x[i] = i < n ? ld_stream(src + i * p.cols) : make_uint4(0u, 0u, 0u, 0u);
+      cast_cols_transposed16<kFmt>([&](int i) { return x[i]; }, qs, p.out, p.rows, col, r, n);
+    }
+    return;
+  }
   auto cast = [&](const uint4& v) { return quant8_fp8_cols<kFmt>(v, qs); };
   // Bottom-up: loop index i covers [r_begin, r_end) as in the amax pass, row = mirror(i).
   const int64_t mirror = r_begin + r_end - 1;
@@ -452,9 +504,15 @@ __device__ __forceinline__ void load_qs8(const float* s_qs, int chunk, float (&q
 // kRegs: a thread's first kRegs rows stay in registers (4 KiB per block per row), the rest in shared memory, so a
 // block holds the same data in 48 instead of 64 KiB of shared memory and four blocks fit an SM instead of three;
 // built for four blocks per SM with kRegs > 0 (<= 64 registers), else three.
-template <int kFmt, int kW, int kRegs>
+// kT: transposed output (rows_per_block % 16 == 0, kRegs == 0): after the scales, the cast reads the block's
+// strip from shared memory in 16-row x 8-column pieces (any thread may read any slot after the __syncthreads of
+// step 3): lane = piece-row-group-in-warp * kW/8 + chunk, so each 8-lane phase of a 16-byte shared load reads one
+// 128-byte row segment (conflict-free for kW >= 64), and for each column a warp stores 32 / (kW/8) consecutive
+// 16-byte pieces of its output row.
+template <int kFmt, int kW, int kRegs, bool kT = false>
 __global__ void __launch_bounds__(kColClusterThreads, kRegs > 0 ? 4 : 3)
     fp8_colwise_cluster_kernel(const __grid_constant__ Fp8ColClusterParams p) {
+  static_assert(!kT || kRegs == 0, "the transposed cast reads every row from shared memory");
   using S = ColStripThread<kW>;
   constexpr int kChunks = S::kChunks;
   extern __shared__ uint4 s_data[];  // [rows_per_block - kRegs * kRowsPerStep][kChunks]
@@ -508,6 +566,24 @@ __global__ void __launch_bounds__(kColClusterThreads, kRegs > 0 ? 4 : 3)
     col_scales<kW>(p, m, crank, strip_col0, s_qs);
   }
   __syncthreads();
+  if constexpr (kT) {
+    // 4T. Transposed cast of the block's rows from shared memory.
+    constexpr int kGroupsPerWarp = 32 / kChunks;
+    const int lane = t & 31, c = lane % kChunks;
+    const int64_t colc = strip_col0 + c * 8;
+    if (colc < p.cols) {
+      float qs[8];
+      load_qs8(s_qs, c, qs);
+      const int ngroups = (th.nr + 15) / 16;
+      for (int g = (t >> 5) * kGroupsPerWarp + lane / kChunks; g < ngroups;
+           g += (kColClusterThreads / 32) * kGroupsPerWarp) {
+        const int n = min(16, th.nr - 16 * g);
+        const uint4* src = s_data + 16 * g * kChunks + c;
+        cast_cols_transposed16<kFmt>([&](int i) { return src[i * kChunks]; }, qs, p.out, p.rows, colc, th.r0 + 16 * g, n);
+      }
+    }
+    return;
+  }
   // 4. Cast the rows held in registers and shared memory.
   if (col_ok) {
     float qs[8];

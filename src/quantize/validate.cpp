@@ -194,6 +194,11 @@ void validate(const Fp8QuantizeParams& p) {
     TPCOMM_ARG_CHECK(p.amax_in == nullptr, "amax_in", "only used with tensorwise scaling");
   }
   if (p.scaling == Fp8Scaling::kColwise) check_ptr(p.amax_out, "amax_out");
+  if (p.transpose_output) {
+    TPCOMM_ARG_CHECK(p.scaling == Fp8Scaling::kColwise, "transpose_output",
+                     std::string("only with colwise scaling (got ") + fp8_scaling_name(p.scaling) + ")");
+    check_multiple(p.rows, 16, "rows", "16-byte rows of the transposed output");
+  }
 }
 
 void validate(const Fp8DequantizeParams& p) {

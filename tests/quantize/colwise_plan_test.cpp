@@ -84,3 +84,32 @@ TEST(ColwisePlan, EdgesAndSwitches) {
 
 }  // namespace
 }  // namespace tpcomm::quant
+
+namespace tpcomm::quant {
+namespace {
+// The transposed-output form: no rows in registers, slices of whole 16-row groups (16-byte output stores).
+TEST(ColwisePlan, TransposedOutputSlicesAre16RowGroups) {
+  for (int64_t rows : {16, 3008, 4000, 8192, 12000, 16384}) {
+    ColPlanInputs in = shape(rows, 8192);
+    in.forced_regs = 0;
+    in.row_align = 16;
+    for (const auto& pl : col_cluster_candidates(in)) {
+      EXPECT_EQ(pl.regs, 0) << rows;
+      EXPECT_EQ(pl.rows_per_block % 16, 0) << rows;
+      EXPECT_GE(pl.rows_per_block * int64_t(pl.c), rows) << rows;
+      EXPECT_LT(pl.rows_per_block * int64_t(pl.c - 1), rows) << rows << ": a block with no rows";
+      EXPECT_EQ(pl.smem, std::size_t(pl.rows_per_block * pl.w * 2)) << rows;
+    }
+  }
+  // 3008 rows at W = 64: 6 blocks; ceil(3008 / 6) = 502 rounds up to 512.
+  ColPlanInputs in = shape(3008, 72);
+  in.forced_regs = 0;
+  in.row_align = 16;
+  const auto c = col_cluster_candidates(in);
+  ASSERT_FALSE(c.empty());
+  EXPECT_EQ(c[0].w, 64);
+  EXPECT_EQ(c[0].c, 6u);
+  EXPECT_EQ(c[0].rows_per_block, 512);
+}
+}  // namespace
+}  // namespace tpcomm::quant

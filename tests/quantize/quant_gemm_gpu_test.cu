@@ -1,7 +1,8 @@
 // cuBLASLt consumes tpcomm's FP8 scales as include/tpcomm/quantize.h documents them. An FP8 GEMM in Hopper's
 // "TN" form (both operands K-major: activations A (M x K) and weights W (N x K), row-major) runs on the quantized
 // operands with each scaling's cuBLASLt scale mode (tensorwise: SCALAR_32F, rowwise: OUTER_VEC_32F, 1x128 x 128x128:
-// VEC128_32F x BLK128x128_32F) and must match the float64 GEMM of the dequantized operands. The magnitude of the
+// VEC128_32F x BLK128x128_32F; colwise with the transposed output as an outer-vector B) and must match the float64
+// GEMM of the dequantized operands. The magnitude of the
 // inputs changes by up to 2^8 from one 128-element block to the next, so a scale read in the wrong layout moves the
 // result far past the tolerance: a negative control feeds the 1x128 scales in the other (row-major) order and must fail.
 #include <gtest/gtest.h>
@@ -219,6 +220,44 @@ TEST(QuantGemmGpu, CublasLtConsumesTheFp8ScaleLayouts) {
       const int64_t bad_wrong = count_bad(hd, qa, c.sa, qw, c.sw, &worst);
       EXPECT_GT(bad_wrong, M * N / 4) << "scales in the wrong layout were not detected";
     }
+  }
+
+  // The B operand given as X = W^T, a K x N row-major matrix (e.g. an activation in a backward GEMM): colwise
+  // quantization with the transposed output gives the K-major N x K operand and its N outer-vector scales directly.
+  {
+    SCOPED_TRACE("rowwise x colwise (transposed output)");
+    std::vector<uint16_t> hx(K * N);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = 0; k < K; ++k) hx[k * N + n] = hw[n * K + k];
+    DevVec<uint16_t> xk(K * N);
+    CUDA_OK(static_cast<cudaError_t>(test::copy_to_device(xk.p, hx.data(), hx.size() * 2)));
+    const Quantized qa = quantize(a.p, M, Fp8Scaling::kRowwise, aq.p, as.p, amax.p);
+    Fp8QuantizeParams p;
+    p.input = xk.p;
+    p.rows = K;
+    p.cols = N;
+    p.scaling = Fp8Scaling::kColwise;
+    p.output = wq.p;
+    p.scale_inv = wsc.p;
+    p.amax_out = amax.p;
+    p.transpose_output = true;
+    fp8_quantize(p, nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+    Quantized qw;  // N x K with one scale per row n: the rowwise layout
+    qw.q.resize(N * K);
+    qw.s.resize(N);
+    CUDA_OK(cudaMemcpy(qw.q.data(), wq.p, qw.q.size(), cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(qw.s.data(), wsc.p, qw.s.size() * 4, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemset(d.p, 0xFF, M * N * 2));
+    std::string why;
+    ASSERT_TRUE(lt_gemm(aq.p, as.p, CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F, wq.p, wsc.p,
+                        CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F, d.p, &why))
+        << why;
+    std::vector<uint16_t> hd(M * N);
+    CUDA_OK(cudaMemcpy(hd.data(), d.p, hd.size() * 2, cudaMemcpyDeviceToHost));
+    double worst = 0;
+    EXPECT_EQ(count_bad(hd, qa, Fp8Scaling::kRowwise, qw, Fp8Scaling::kRowwise, &worst), 0)
+        << "worst |err| / sum|a w| = " << worst;
   }
 }
 

@@ -286,6 +286,22 @@ TEST(QuantRef, Mxfp8SpecialBlocks) {
 }
 
 // ---- API validation (host only; no CUDA work happens before these throw) -------------------------------------------
+TEST(QuantApi, Fp8TransposedOutputRulesNameTheArgument) {
+  Fp8QuantizeParams p;
+  p.input = fake();
+  p.rows = 64;
+  p.cols = 96;
+  p.output = fake();
+  p.scale_inv = static_cast<float*>(fake());
+  p.amax_out = static_cast<float*>(fake());
+  p.transpose_output = true;
+  p.scaling = Fp8Scaling::kRowwise;
+  expect_arg_error([&] { fp8_quantize(p, nullptr); }, "transpose_output");
+  p.scaling = Fp8Scaling::kColwise;
+  p.rows = 72;  // not a multiple of 16
+  expect_arg_error([&] { fp8_quantize(p, nullptr); }, "rows");
+}
+
 TEST(QuantApi, Mxfp8RejectsShapesNamingTheDim) {
   Mxfp8QuantizeParams p;
   p.input = fake();
