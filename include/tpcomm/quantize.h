@@ -78,7 +78,7 @@ constexpr int64_t swizzled_scale_offset(int64_t row, int64_t col, int64_t cols) 
 }
 
 // ---- max |x| ------------------------------------------------------------------------------------------------------
-// amax_out[0] = max |x| over `count` bf16 values (NaN if any value is NaN). Enqueues a memset and one kernel.
+// amax_out[0] = max |x| over `count` bf16 values (NaN if any value is NaN). Enqueues two kernels (zero, reduce).
 // count must be a multiple of 8; input 16-byte aligned.
 void compute_amax(const void* input, DType input_dtype, int64_t count, float* amax_out, cudaStream_t stream);
 
@@ -172,7 +172,7 @@ struct Mxfp8DequantizeParams {
 void mxfp8_dequantize(const Mxfp8DequantizeParams& p, cudaStream_t stream);
 
 // ---- NVFP4 ----------------------------------------------------------------------------------------------------------
-// S_enc = 448*6/amax (1 if amax == 0 or the quotient is 0; capped at FLT_MAX); block scale
+// S_enc = 448*6/|amax| (a negative given amax counts by magnitude; 1 if amax == 0 or the quotient is 0; capped at FLT_MAX); block scale
 // s_b = e4m3(block_amax * (S_enc * (1/6))); element = e2m1_rne(x * min(1 / (float(s_b) * (1/S_enc)), FLT_MAX)).
 struct Nvfp4QuantizeParams {
   const void* input = nullptr;  // (rows, cols) row-major

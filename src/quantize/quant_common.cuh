@@ -149,7 +149,10 @@ __device__ __forceinline__ uint32_t quant8_e2m1(const uint4& v, float s, uint32_
   return e2m1_pack8(v.x, v.y, v.z, v.w, s, m512);
 }
 // S_enc from the global amax (TransformerEngine's compute_global_encode_scaling_factor_FP4).
+// |amax|: a caller's negative global_amax_in gives the same (positive) scales on every path, so every block-scale
+// code has a clear sign bit (the 1x16 table path relies on it).
 __device__ __forceinline__ float nvfp4_global_encode_scale(float amax) {
+  amax = fabsf(amax);
   float s = fminf(__fdiv_rn(448.0f * 6.0f, amax), FLT_MAX);  // fminf(NaN, FLT_MAX) = FLT_MAX
   if (amax == 0.0f || s == 0.0f) s = 1.0f;
   return s;

@@ -62,7 +62,8 @@ int persistent_blocks_per_sm() {
     TPCOMM_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStageBytes));
     int b = 0;
     TPCOMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, Kernel, kThreads, kStageBytes));
-    return std::max(b, 1);
+    if (b < 1) throw Error(ErrorCode::kUnsupported, "persistent quantize kernel: no block fits an SM on this device");
+    return b;
   }();
   return n;
 }

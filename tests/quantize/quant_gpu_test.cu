@@ -3,6 +3,9 @@
 // past saturation, +-Inf, NaN, largest and smallest exponents, rounding ties), plus dequantization of arbitrary
 // codes including E8M0 scale codes 0 / 254 / 255. Outputs are compared byte for byte (NaN scales compared as
 // "both NaN"). Output buffers are pre-filled with a sentinel, so unwritten bytes and unwritten padding fail.
+// The *DeterministicEdgeGroups tests put every scale-group kind into every kernel family with a fixed construction
+// (edge_tensor, no seed); the *AcceptedOddShapes / RejectedShapes tests walk the limits of validate.cpp; the
+// CudaGraph* tests capture every op (after a warm-up call, and as the very first call of the process).
 #include <gtest/gtest.h>
 
 #include <cuda_runtime.h>
@@ -10,14 +13,20 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common/test_util.h"
 #include "quantize/quant_ref.h"
+#include "tpcomm/error.h"
 #include "tpcomm/quantize.h"
 
 using namespace tpcomm;
@@ -160,7 +169,683 @@ struct Shape3 {
   int64_t e, n, k;
 };
 
+// ---- deterministic edge-case tensors -------------------------------------------------------------------------------
+// Every kind of scale group the numeric rules distinguish. edge_tensor() cuts a tensor into groups of gr x gc
+// elements (the scale groups of the format under test) and gives group g the kind kinds[g % K] and the exponent
+// exps[(g / K) % V]: the construction is fixed (no seed), so with at least K groups every kind is present every run.
+enum EdgeKind : int {
+  kEdgeZero = 0,      // +-0 only (all +0 in even-numbered groups: a single-group tensor is literally all zero)
+  kEdgeEqual,         // every element the same value
+  kEdgePow2,          // amax a power of two: one element +-2^e, the rest below it
+  kEdgeFp8Max,        // amax 1.75 * 2^e, i.e. fp8_max * 2^k for e4m3 (1.75 * 2^8) and e5m2 (1.75 * 2^15)
+  kEdgeSubnormal,     // bf16 subnormals only (the largest, 0x007f, at one position)
+  kEdgeSaturate,      // mantissas in [1.75, 2): past fp8_max after a floor E8M0 scale, rceil's "+1" case
+  kEdgePosInf,        // one +Inf among normal values
+  kEdgeNegInf,        // one -Inf among normal values
+  kEdgeNaN,           // one NaN (quiet, negative quiet, signalling payload) among normal values
+  kEdgeBf16Max,       // one +-0x7f7f (largest finite bf16) among normal values
+  kEdgeMinSubnormal,  // one +-0x0001 (smallest bf16 subnormal) among +-0
+  kEdgeTies,          // multiples of 2^(e-5) under an amax of 2^(e+3): rounding ties after scaling
+  kNumEdgeKinds
+};
+
+const char* edge_kind_name(int k) {
+  static const char* const names[kNumEdgeKinds] = {"zero",    "equal", "pow2", "fp8max",  "subnormal", "saturate",
+                                                   "+inf",    "-inf",  "nan",  "bf16max", "minsub",    "ties"};
+  return k >= 0 && k < kNumEdgeKinds ? names[k] : "?";
+}
+
+// All kinds, optionally without the non-finite ones or without the largest finite bf16.
+std::vector<int> edge_kinds(bool inf, bool nan, bool bf16max = true) {
+  std::vector<int> v;
+  for (int k = 0; k < kNumEdgeKinds; ++k) {
+    if (!inf && (k == kEdgePosInf || k == kEdgeNegInf)) continue;
+    if (!nan && k == kEdgeNaN) continue;
+    if (!bf16max && k == kEdgeBf16Max) continue;
+    v.push_back(k);
+  }
+  return v;
+}
+
+// Group exponents: normal filler values stay normal down to e = -120 (2^(e-6) >= 2^-126); 124 leaves room for
+// kEdgeTies' 2^(e+3).
+const std::vector<int> kEdgeExps = {0, -19, 26, -120, 124};
+// NVFP4: a narrow range, so that against one global amax the E4M3 block scales span normal and subnormal codes.
+const std::vector<int> kNvfp4EdgeExps = {0, -3, -7, 2, -12};
+
+// Element p of the n elements of group g (kind, exponent e). Values are exact in bf16.
+uint16_t edge_value(int kind, int e, int64_t g, int64_t p, int64_t n) {
+  test::SplitMix64 rng(static_cast<uint64_t>(g) * 0x100000001b3ull + static_cast<uint64_t>(p) + 1);
+  const uint64_t h = rng.next();
+  const bool at = p == (g * 977 + 3) % n;  // the group's special position, spread over the group
+  const bool neg = (h >> 7) & 1;
+  const uint16_t sbit = neg ? 0x8000 : 0x0000;
+  const float sgn = neg ? -1.0f : 1.0f;
+  // |filler| < 2^e, 7 mantissa bits.
+  const float filler = sgn * (1.0f + static_cast<float>(h % 128) / 128.0f) *
+                       std::ldexp(1.0f, e - 1 - static_cast<int>((h >> 16) % 6));
+  switch (kind) {
+    case kEdgeZero: return ((g & 1) && (p & 1)) ? 0x8000 : 0x0000;
+    case kEdgeEqual: return bf(((g & 1) ? -1.625f : 1.625f) * std::ldexp(1.0f, e));
+    case kEdgePow2: return bf(at ? sgn * std::ldexp(1.0f, e) : filler);
+    case kEdgeFp8Max: return bf(at ? sgn * 1.75f * std::ldexp(1.0f, e) : filler);
+    case kEdgeSubnormal: return static_cast<uint16_t>(sbit | (at ? 0x7fu : static_cast<unsigned>((h >> 24) & 0x7f)));
+    case kEdgeSaturate:
+      return bf(sgn * (at ? 1.9921875f : 1.75f + static_cast<float>((h >> 24) % 32) / 128.0f) * std::ldexp(1.0f, e));
+    case kEdgePosInf: return at ? 0x7f80 : bf(filler);
+    case kEdgeNegInf: return at ? 0xff80 : bf(filler);
+    case kEdgeNaN: {
+      static const uint16_t nans[3] = {0x7fc0, 0xffc1, 0x7f81};
+      return at ? nans[g % 3] : bf(filler);
+    }
+    case kEdgeBf16Max: return at ? ((g & 1) ? 0xff7f : 0x7f7f) : bf(filler);
+    case kEdgeMinSubnormal: return at ? ((g & 1) ? 0x8001 : 0x0001) : ((p & 1) ? 0x8000 : 0x0000);
+    case kEdgeTies:
+      return bf(sgn * (at ? std::ldexp(1.0f, e + 3)
+                          : static_cast<float>(32 + (h >> 24) % 64) / 32.0f * std::ldexp(1.0f, e)));
+    default: break;
+  }
+  return 0;
+}
+
+int64_t edge_groups(int64_t rows, int64_t cols, int64_t gr, int64_t gc) {
+  return ((rows + gr - 1) / gr) * ((cols + gc - 1) / gc);
+}
+
+// rows x cols (row-major) in groups of gr x gc; partial groups at the right and bottom edges.
+std::vector<uint16_t> edge_tensor(int64_t rows, int64_t cols, int64_t gr, int64_t gc, const std::vector<int>& kinds,
+                                  const std::vector<int>& exps) {
+  std::vector<uint16_t> v(static_cast<size_t>(rows * cols));
+  const int64_t ngc = (cols + gc - 1) / gc;
+  const int64_t nk = static_cast<int64_t>(kinds.size()), ne = static_cast<int64_t>(exps.size());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t gi = r / gr, gj = c / gc, g = gi * ngc + gj;
+      const int64_t r0 = gi * gr, c0 = gj * gc;
+      const int64_t h = std::min(gr, rows - r0), w = std::min(gc, cols - c0);
+      v[static_cast<size_t>(r * cols + c)] =
+          edge_value(kinds[static_cast<size_t>(g % nk)], exps[static_cast<size_t>((g / nk) % ne)], g,
+                     (r - r0) * w + (c - c0), h * w);
+    }
+  return v;
+}
+
+std::string shape_tag(int64_t rows, int64_t cols) { return std::to_string(rows) + "x" + std::to_string(cols); }
+std::string shape_tag(const Shape3& s) {
+  return std::to_string(s.e) + "x" + std::to_string(s.n) + "x" + std::to_string(s.k);
+}
+
+// ---- quantize on the GPU, compare with the reference, dequantize the GPU output ----------------------------------
+// Output buffers carry the sentinel 0xcd (Dev): every byte the reference defines must be written. The dequantize
+// step reads the GPU's quantized output and is compared with the reference dequantization of the reference output
+// (the same bytes whenever the quantize comparison passed).
+void check_fp8(const std::vector<uint16_t>& x, int64_t rows, int64_t cols, Fp8Format fmt, Fp8Scaling sc, bool pow2,
+               const float* given, DType dq, const std::string& tag) {
+  const auto want = ref::fp8_quantize(x, rows, cols, fmt, sc, pow2, 0, given);
+  Dev<uint16_t> d_in(x);
+  Dev<uint8_t> out(want.data.size());
+  Dev<float> scale(want.scale_inv.size());  // default ld: every entry is written
+  Dev<float> amax_out(static_cast<size_t>(std::max<int64_t>(1, cols)));
+  Dev<float> amax_in(std::vector<float>{given ? *given : 0.0f});
+  Fp8QuantizeParams p;
+  p.input = d_in.p;
+  p.rows = rows;
+  p.cols = cols;
+  p.format = fmt;
+  p.scaling = sc;
+  p.pow2_scales = pow2;
+  p.output = out.p;
+  p.scale_inv = scale.p;
+  if (given) p.amax_in = amax_in.p;
+  if ((sc == Fp8Scaling::kTensorwise && !given) || sc == Fp8Scaling::kColwise) p.amax_out = amax_out.p;
+  fp8_quantize(p, nullptr);
+  EXPECT_TRUE(same(out.get(), want.data, tag + " data"));
+  EXPECT_TRUE(same(scale.get(), want.scale_inv, tag + " scale_inv"));
+  if (!want.amax.empty()) {
+    auto got = amax_out.get();
+    got.resize(want.amax.size());
+    EXPECT_TRUE(same(got, want.amax, tag + " amax"));
+  }
+  const size_t nel = static_cast<size_t>(rows * cols);
+  Dev<uint8_t> dq_out(nel * dtype_size(dq));
+  Fp8DequantizeParams d;
+  d.input = out.p;
+  d.rows = rows;
+  d.cols = cols;
+  d.format = fmt;
+  d.scaling = sc;
+  d.scale_inv = scale.p;
+  d.output = dq_out.p;
+  d.output_dtype = dq;
+  fp8_dequantize(d, nullptr);
+  EXPECT_TRUE(same(download_out(dq_out.p, nel, dq),
+                   ref::fp8_dequantize(want.data, rows, cols, fmt, sc, want.scale_inv, 0, dq),
+                   tag + " dequant " + dtype_name(dq)));
+}
+
+// Every output selection the shape allows (rowwise: K % 32 == 0, colwise: N % 32 == 0), then the dequantization
+// of each axis the call produced.
+void check_mxfp8(const Dev<uint16_t>& d_in, const std::vector<uint16_t>& x, const Shape3& s, Fp8Format fmt,
+                 E8M0Rounding rnd, ScaleLayout lay, DType dq, const std::string& tag0) {
+  const bool row_ok = s.k % 32 == 0, col_ok = s.n % 32 == 0;
+  const auto want = ref::mxfp8_quantize(x, s.e, s.n, s.k, fmt, rnd, lay, row_ok, col_ok);
+  const size_t nel = static_cast<size_t>(s.e * s.n * s.k);
+  for (int outputs = 1; outputs <= 3; ++outputs) {
+    const bool row = outputs & 1, col = outputs & 2;
+    if ((row && !row_ok) || (col && !col_ok)) continue;
+    const std::string tag = tag0 + " " + shape_tag(s) + " " + fp8_format_name(fmt) + " " + e8m0_rounding_name(rnd) +
+                            " " + scale_layout_name(lay) + (row ? " row" : "") + (col ? " col" : "");
+    Dev<uint8_t> rd(want.row_data.size()), rs(want.row_scales.size()), cd(want.col_data.size()),
+        cs(want.col_scales.size());
+    Mxfp8QuantizeParams p;
+    p.input = d_in.p;
+    p.experts = s.e;
+    p.rows = s.n;
+    p.cols = s.k;
+    p.format = fmt;
+    p.rounding = rnd;
+    p.scale_layout = lay;
+    if (row) {
+      p.row_data = rd.p;
+      p.row_scales = rs.p;
+    }
+    if (col) {
+      p.col_data = cd.p;
+      p.col_scales = cs.p;
+    }
+    mxfp8_quantize(p, nullptr);
+    for (int axis_i = 0; axis_i < 2; ++axis_i) {
+      const bool is_row = axis_i == 0;
+      if (is_row ? !row : !col) continue;
+      const Dev<uint8_t>& data = is_row ? rd : cd;
+      const Dev<uint8_t>& scales = is_row ? rs : cs;
+      const auto& want_data = is_row ? want.row_data : want.col_data;
+      const auto& want_scales = is_row ? want.row_scales : want.col_scales;
+      const std::string ax = is_row ? " row_" : " col_";
+      EXPECT_TRUE(same(data.get(), want_data, tag + ax + "data"));
+      EXPECT_TRUE(same(scales.get(), want_scales, tag + ax + "scales"));
+      const Mxfp8Axis axis = is_row ? Mxfp8Axis::kRowwise : Mxfp8Axis::kColwise;
+      Dev<uint8_t> dq_out(nel * dtype_size(dq));
+      Mxfp8DequantizeParams d;
+      d.data = data.p;
+      d.scales = scales.p;
+      d.axis = axis;
+      d.experts = s.e;
+      d.rows = s.n;
+      d.cols = s.k;
+      d.format = fmt;
+      d.scale_layout = lay;
+      d.output = dq_out.p;
+      d.output_dtype = dq;
+      mxfp8_dequantize(d, nullptr);
+      EXPECT_TRUE(same(download_out(dq_out.p, nel, dq),
+                       ref::mxfp8_dequantize(want_data, want_scales, axis, s.e, s.n, s.k, fmt, lay, dq),
+                       tag + ax + "dequant " + dtype_name(dq)));
+    }
+  }
+}
+
+void check_nvfp4(const Dev<uint16_t>& d_in, const std::vector<uint16_t>& x, int64_t rows, int64_t cols,
+                 Nvfp4Block blk, ScaleLayout lay, const float* given, DType dq, const std::string& tag0) {
+  const std::string tag = tag0 + " " + shape_tag(rows, cols) + (blk == Nvfp4Block::k1x16 ? " 1x16 " : " 16x16 ") +
+                          scale_layout_name(lay);
+  const auto want = ref::nvfp4_quantize(x, rows, cols, blk, lay, given);
+  Dev<uint8_t> out(want.data.size()), sc(want.scales.size());
+  Dev<float> amax_out(1), sinv(1), d_given(std::vector<float>{given ? *given : 0.0f});
+  Nvfp4QuantizeParams p;
+  p.input = d_in.p;
+  p.rows = rows;
+  p.cols = cols;
+  p.block = blk;
+  p.scale_layout = lay;
+  p.output = out.p;
+  p.block_scales = sc.p;
+  if (given) p.global_amax_in = d_given.p;
+  else p.global_amax_out = amax_out.p;
+  p.global_scale_inv = sinv.p;
+  nvfp4_quantize(p, nullptr);
+  EXPECT_TRUE(same(out.get(), want.data, tag + " data"));
+  EXPECT_TRUE(same(sc.get(), want.scales, tag + " scales"));
+  EXPECT_TRUE(same(sinv.get(), std::vector<float>{want.global_scale_inv}, tag + " global_scale_inv"));
+  if (!given) {
+    EXPECT_TRUE(same(amax_out.get(), std::vector<float>{want.amax}, tag + " amax"));
+  }
+  const size_t nel = static_cast<size_t>(rows * cols);
+  Dev<uint8_t> dq_out(nel * dtype_size(dq));
+  Nvfp4DequantizeParams d;
+  d.input = out.p;
+  d.block_scales = sc.p;
+  d.global_scale_inv = sinv.p;
+  d.rows = rows;
+  d.cols = cols;
+  d.scale_layout = lay;
+  d.output = dq_out.p;
+  d.output_dtype = dq;
+  nvfp4_dequantize(d, nullptr);
+  EXPECT_TRUE(same(download_out(dq_out.p, nel, dq),
+                   ref::nvfp4_dequantize(want.data, want.scales, want.global_scale_inv, rows, cols, lay, dq),
+                   tag + " dequant " + dtype_name(dq)));
+}
+
+std::string amax_tag(float a) {
+  char b[48];
+  std::snprintf(b, sizeof b, "given amax %a", static_cast<double>(a));
+  return b;
+}
+
+// The given (device scalar) amax values: zero, an fp32 subnormal, +Inf, NaN, a power of two, fp8_max * 2^k of both
+// formats (56 = 448 * 2^-3 = 57344 * 2^-10) and 1e-13 (below FP8's 1e-12 clamp).
+std::vector<float> edge_given_amax() {
+  return {0.0f, 1e-40f, std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN(), 32.0f, 56.0f,
+          1e-13f};
+}
+
+// Expects tpcomm::Error(kInvalidArgument) whose message starts with `name` (what() = "<code name>: <message>").
+template <class F>
+void expect_dim_error(F&& f, const std::string& name, const std::string& what) {
+  const std::string prefix = std::string(error_code_name(ErrorCode::kInvalidArgument)) + ": " + name + ": ";
+  try {
+    f();
+    ADD_FAILURE() << what << ": no exception, expected one naming '" << name << "'";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << what << ": " << e.what();
+    EXPECT_EQ(std::string(e.what()).rfind(prefix, 0), 0u) << what << ": expected a message starting with '" << prefix
+                                                          << "', got '" << e.what() << "'";
+  }
+}
+
+// ---- CUDA graph harness ---------------------------------------------------------------------------------------------
+// One op of a captured graph: its own device buffers (held by the lambdas), a launch, a refresh that writes new
+// input data to the device and computes the expected outputs, and a check of the outputs against them.
+struct GraphOp {
+  std::string name;
+  std::function<void(cudaStream_t)> launch;
+  std::function<void(uint64_t seed, int variant)> refresh;  // variant 1, 2: the replays
+  std::function<void(const std::string& when)> check;
+  std::vector<std::pair<void*, size_t>> outputs;            // poisoned before every replay
+};
+
+template <class T>
+std::shared_ptr<Dev<T>> dev(size_t n) {
+  return std::make_shared<Dev<T>>(n);
+}
+
+GraphOp graph_fp8(int64_t rows, int64_t cols, Fp8Format fmt, Fp8Scaling sc, bool given) {
+  const size_t nel = static_cast<size_t>(rows * cols);
+  auto in = dev<uint16_t>(nel);
+  auto out = dev<uint8_t>(nel);
+  auto scale = dev<float>(static_cast<size_t>(fp8_scale_count(rows, cols, sc)));
+  auto amax_out = dev<float>(static_cast<size_t>(std::max<int64_t>(1, cols)));
+  auto amax_in = dev<float>(1);
+  auto want = std::make_shared<ref::Fp8Out>();
+  GraphOp op;
+  op.name = std::string("fp8 ") + fp8_scaling_name(sc) + (given ? " given-amax " : " ") + fp8_format_name(fmt) + " " +
+            shape_tag(rows, cols);
+  Fp8QuantizeParams p;
+  p.input = in->p;
+  p.rows = rows;
+  p.cols = cols;
+  p.format = fmt;
+  p.scaling = sc;
+  p.output = out->p;
+  p.scale_inv = scale->p;
+  if (given) p.amax_in = amax_in->p;
+  if ((sc == Fp8Scaling::kTensorwise && !given) || sc == Fp8Scaling::kColwise) p.amax_out = amax_out->p;
+  op.launch = [p](cudaStream_t st) { fp8_quantize(p, st); };
+  op.refresh = [=](uint64_t seed, int variant) {
+    const auto x = make_input(rows, cols, seed, sc != Fp8Scaling::kTensorwise, false);
+    in->put(x);
+    const float a = variant == 1 ? 37.5f : (variant == 2 ? 1000.0f : 0.75f);
+    if (given) amax_in->put(std::vector<float>{a});
+    *want = ref::fp8_quantize(x, rows, cols, fmt, sc, false, 0, given ? &a : nullptr);
+  };
+  const std::string name = op.name;
+  op.check = [=](const std::string& when) {
+    EXPECT_TRUE(same(out->get(), want->data, name + " data " + when));
+    EXPECT_TRUE(same(scale->get(), want->scale_inv, name + " scale_inv " + when));
+    if (!want->amax.empty()) {
+      auto got = amax_out->get();
+      got.resize(want->amax.size());
+      EXPECT_TRUE(same(got, want->amax, name + " amax " + when));
+    }
+  };
+  op.outputs = {{out->p, nel}, {scale->p, scale->n * 4}, {amax_out->p, amax_out->n * 4}};
+  return op;
+}
+
+GraphOp graph_amax(int64_t n) {
+  auto in = dev<uint16_t>(static_cast<size_t>(n));
+  auto out = dev<float>(1);
+  auto want = std::make_shared<float>(0.0f);
+  GraphOp op;
+  op.name = "compute_amax " + std::to_string(n);
+  const uint16_t* ip = in->p;
+  float* optr = out->p;
+  op.launch = [=](cudaStream_t st) { compute_amax(ip, DType::kBFloat16, n, optr, st); };
+  op.refresh = [=](uint64_t seed, int) {
+    const auto x = make_input(1, n, seed, false, false);
+    in->put(x);
+    *want = ref::amax_of(x.data(), n);
+  };
+  const std::string name = op.name;
+  op.check = [=](const std::string& when) {
+    EXPECT_TRUE(same(out->get(), std::vector<float>{*want}, name + " " + when));
+  };
+  op.outputs = {{out->p, 4}};
+  return op;
+}
+
+GraphOp graph_mxfp8(const Shape3& s, Fp8Format fmt, E8M0Rounding rnd, ScaleLayout lay, bool row, bool col) {
+  const size_t nel = static_cast<size_t>(s.e * s.n * s.k);
+  auto in = dev<uint16_t>(nel);
+  auto rd = dev<uint8_t>(row ? nel : 0), cd = dev<uint8_t>(col ? nel : 0);
+  auto rs = dev<uint8_t>(row ? static_cast<size_t>(mxfp8_row_scale_bytes(s.e, s.n, s.k, lay)) : 0);
+  auto cs = dev<uint8_t>(col ? static_cast<size_t>(mxfp8_col_scale_bytes(s.e, s.n, s.k, lay)) : 0);
+  auto want = std::make_shared<ref::Mxfp8Out>();
+  GraphOp op;
+  op.name = std::string("mxfp8") + (row ? " row" : "") + (col ? " col" : "") + " " + fp8_format_name(fmt) + " " +
+            e8m0_rounding_name(rnd) + " " + scale_layout_name(lay) + " " + shape_tag(s);
+  Mxfp8QuantizeParams p;
+  p.input = in->p;
+  p.experts = s.e;
+  p.rows = s.n;
+  p.cols = s.k;
+  p.format = fmt;
+  p.rounding = rnd;
+  p.scale_layout = lay;
+  if (row) {
+    p.row_data = rd->p;
+    p.row_scales = rs->p;
+  }
+  if (col) {
+    p.col_data = cd->p;
+    p.col_scales = cs->p;
+  }
+  op.launch = [p](cudaStream_t st) { mxfp8_quantize(p, st); };
+  op.refresh = [=](uint64_t seed, int) {
+    const auto x = make_input(s.e * s.n, s.k, seed, true, true);
+    in->put(x);
+    *want = ref::mxfp8_quantize(x, s.e, s.n, s.k, fmt, rnd, lay, row, col);
+  };
+  const std::string name = op.name;
+  op.check = [=](const std::string& when) {
+    if (row) {
+      EXPECT_TRUE(same(rd->get(), want->row_data, name + " row_data " + when));
+      EXPECT_TRUE(same(rs->get(), want->row_scales, name + " row_scales " + when));
+    }
+    if (col) {
+      EXPECT_TRUE(same(cd->get(), want->col_data, name + " col_data " + when));
+      EXPECT_TRUE(same(cs->get(), want->col_scales, name + " col_scales " + when));
+    }
+  };
+  if (row) op.outputs.insert(op.outputs.end(), {{rd->p, rd->n}, {rs->p, rs->n}});
+  if (col) op.outputs.insert(op.outputs.end(), {{cd->p, cd->n}, {cs->p, cs->n}});
+  return op;
+}
+
+GraphOp graph_nvfp4(int64_t rows, int64_t cols, Nvfp4Block blk, ScaleLayout lay, bool given) {
+  const size_t nel = static_cast<size_t>(rows * cols);
+  auto in = dev<uint16_t>(nel);
+  auto out = dev<uint8_t>(nel / 2);
+  auto sc = dev<uint8_t>(static_cast<size_t>(nvfp4_scale_bytes(rows, cols, lay)));
+  auto amax_out = dev<float>(1), amax_in = dev<float>(1), sinv = dev<float>(1);
+  auto want = std::make_shared<ref::Nvfp4Out>();
+  GraphOp op;
+  op.name = std::string("nvfp4 ") + (blk == Nvfp4Block::k1x16 ? "1x16 " : "16x16 ") + scale_layout_name(lay) +
+            (given ? " given-amax " : " ") + shape_tag(rows, cols);
+  Nvfp4QuantizeParams p;
+  p.input = in->p;
+  p.rows = rows;
+  p.cols = cols;
+  p.block = blk;
+  p.scale_layout = lay;
+  p.output = out->p;
+  p.block_scales = sc->p;
+  if (given) p.global_amax_in = amax_in->p;
+  else p.global_amax_out = amax_out->p;
+  p.global_scale_inv = sinv->p;
+  op.launch = [p](cudaStream_t st) { nvfp4_quantize(p, st); };
+  op.refresh = [=](uint64_t seed, int variant) {
+    const auto x = make_input(rows, cols, seed, given, given);
+    in->put(x);
+    const float a = variant == 1 ? 1000.0f : (variant == 2 ? 3.5f : 2.0e6f);
+    if (given) amax_in->put(std::vector<float>{a});
+    *want = ref::nvfp4_quantize(x, rows, cols, blk, lay, given ? &a : nullptr);
+  };
+  const std::string name = op.name;
+  op.check = [=](const std::string& when) {
+    EXPECT_TRUE(same(out->get(), want->data, name + " data " + when));
+    EXPECT_TRUE(same(sc->get(), want->scales, name + " scales " + when));
+    EXPECT_TRUE(same(sinv->get(), std::vector<float>{want->global_scale_inv}, name + " global_scale_inv " + when));
+    if (!given) {
+      EXPECT_TRUE(same(amax_out->get(), std::vector<float>{want->amax}, name + " amax " + when));
+    }
+  };
+  op.outputs = {{out->p, out->n}, {sc->p, sc->n}, {amax_out->p, 4}, {sinv->p, 4}};
+  return op;
+}
+
+// Dequantize ops read random codes and scales (new ones before every replay).
+GraphOp graph_fp8_dequant(int64_t rows, int64_t cols, Fp8Format fmt, Fp8Scaling sc, DType dt) {
+  const size_t nel = static_cast<size_t>(rows * cols);
+  const size_t ns = static_cast<size_t>(fp8_scale_count(rows, cols, sc));
+  auto q = dev<uint8_t>(nel);
+  auto s = dev<float>(ns);
+  auto out = dev<uint8_t>(nel * dtype_size(dt));
+  auto want = std::make_shared<std::vector<uint32_t>>();
+  GraphOp op;
+  op.name = std::string("fp8 dequant ") + fp8_scaling_name(sc) + " " + fp8_format_name(fmt) + " " + dtype_name(dt) +
+            " " + shape_tag(rows, cols);
+  Fp8DequantizeParams p;
+  p.input = q->p;
+  p.rows = rows;
+  p.cols = cols;
+  p.format = fmt;
+  p.scaling = sc;
+  p.scale_inv = s->p;
+  p.output = out->p;
+  p.output_dtype = dt;
+  op.launch = [p](cudaStream_t st) { fp8_dequantize(p, st); };
+  op.refresh = [=](uint64_t seed, int) {
+    const auto qh = random_bytes(nel, seed);
+    test::SplitMix64 rng(seed + 1);
+    std::vector<float> sh(ns);
+    for (auto& v : sh)
+      v = static_cast<float>(std::ldexp(rng.uniform(0.5, 1.0), static_cast<int>(rng.next() % 60) - 30));
+    q->put(qh);
+    s->put(sh);
+    *want = ref::fp8_dequantize(qh, rows, cols, fmt, sc, sh, 0, dt);
+  };
+  const std::string name = op.name;
+  op.check = [=](const std::string& when) {
+    EXPECT_TRUE(same(download_out(out->p, nel, dt), *want, name + " " + when));
+  };
+  op.outputs = {{out->p, out->n}};
+  return op;
+}
+
+GraphOp graph_mxfp8_dequant(const Shape3& sh, Mxfp8Axis axis, Fp8Format fmt, ScaleLayout lay, DType dt) {
+  const size_t nel = static_cast<size_t>(sh.e * sh.n * sh.k);
+  const bool rowwise = axis == Mxfp8Axis::kRowwise;
+  const size_t ns = static_cast<size_t>(rowwise ? mxfp8_row_scale_bytes(sh.e, sh.n, sh.k, lay)
+                                                : mxfp8_col_scale_bytes(sh.e, sh.n, sh.k, lay));
+  auto q = dev<uint8_t>(nel);
+  auto s = dev<uint8_t>(ns);
+  auto out = dev<uint8_t>(nel * dtype_size(dt));
+  auto want = std::make_shared<std::vector<uint32_t>>();
+  GraphOp op;
+  op.name = std::string("mxfp8 dequant ") + (rowwise ? "row " : "col ") + fp8_format_name(fmt) + " " +
+            scale_layout_name(lay) + " " + dtype_name(dt) + " " + shape_tag(sh);
+  Mxfp8DequantizeParams p;
+  p.data = q->p;
+  p.scales = s->p;
+  p.axis = axis;
+  p.experts = sh.e;
+  p.rows = sh.n;
+  p.cols = sh.k;
+  p.format = fmt;
+  p.scale_layout = lay;
+  p.output = out->p;
+  p.output_dtype = dt;
+  op.launch = [p](cudaStream_t st) { mxfp8_dequantize(p, st); };
+  op.refresh = [=](uint64_t seed, int) {
+    const auto qh = random_bytes(nel, seed);
+    auto shh = random_bytes(ns, seed + 1);
+    for (size_t i = 0; i < shh.size(); ++i)  // mostly moderate scales (2^-20 .. 2^19), some 0 / 254 / 255 left
+      if (i % 7 != 0) shh[i] = static_cast<uint8_t>(107 + shh[i] % 40);
+    q->put(qh);
+    s->put(shh);
+    *want = ref::mxfp8_dequantize(qh, shh, axis, sh.e, sh.n, sh.k, fmt, lay, dt);
+  };
+  const std::string name = op.name;
+  op.check = [=](const std::string& when) {
+    EXPECT_TRUE(same(download_out(out->p, nel, dt), *want, name + " " + when));
+  };
+  op.outputs = {{out->p, out->n}};
+  return op;
+}
+
+GraphOp graph_nvfp4_dequant(int64_t rows, int64_t cols, ScaleLayout lay, DType dt) {
+  const size_t nel = static_cast<size_t>(rows * cols);
+  const size_t ns = static_cast<size_t>(nvfp4_scale_bytes(rows, cols, lay));
+  auto q = dev<uint8_t>(nel / 2);
+  auto s = dev<uint8_t>(ns);
+  auto g = dev<float>(1);
+  auto out = dev<uint8_t>(nel * dtype_size(dt));
+  auto want = std::make_shared<std::vector<uint32_t>>();
+  GraphOp op;
+  op.name = std::string("nvfp4 dequant ") + scale_layout_name(lay) + " " + dtype_name(dt) + " " + shape_tag(rows, cols);
+  Nvfp4DequantizeParams p;
+  p.input = q->p;
+  p.block_scales = s->p;
+  p.global_scale_inv = g->p;
+  p.rows = rows;
+  p.cols = cols;
+  p.scale_layout = lay;
+  p.output = out->p;
+  p.output_dtype = dt;
+  op.launch = [p](cudaStream_t st) { nvfp4_dequantize(p, st); };
+  op.refresh = [=](uint64_t seed, int variant) {
+    const auto qh = random_bytes(nel / 2, seed);
+    const auto shh = random_bytes(ns, seed + 1);
+    const float gh = variant == 1 ? 0.0123f : (variant == 2 ? 1.0f : 3.0e-3f);
+    q->put(qh);
+    s->put(shh);
+    g->put(std::vector<float>{gh});
+    *want = ref::nvfp4_dequantize(qh, shh, gh, rows, cols, lay, dt);
+  };
+  const std::string name = op.name;
+  op.check = [=](const std::string& when) {
+    EXPECT_TRUE(same(download_out(out->p, nel, dt), *want, name + " " + when));
+  };
+  op.outputs = {{out->p, out->n}};
+  return op;
+}
+
+struct Stream {
+  cudaStream_t s = nullptr;
+  Stream() { CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
+  ~Stream() { cudaStreamDestroy(s); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+};
+
+// Captures every op, in order, on a non-blocking stream in cudaStreamCaptureModeGlobal (the strictest mode: a
+// capture-unsafe call made by the library invalidates the capture), instantiates the graph and replays it twice.
+// Before each replay every op gets new input data (a replay that does nothing, or that reads values frozen at
+// capture time, fails) and its outputs are poisoned with a different byte; after each replay every output is
+// compared with the reference. warm_up: one eager call of each op before the capture.
+void capture_and_replay(std::vector<GraphOp>& ops, bool warm_up, uint64_t seed) {
+  Stream st;
+  if (warm_up) {
+    for (auto& op : ops) op.launch(st.s);  // on the sentinel-filled inputs; its results are poisoned below
+    CK(cudaStreamSynchronize(st.s));
+  }
+  CK(cudaDeviceSynchronize());
+  CK(cudaStreamBeginCapture(st.s, cudaStreamCaptureModeGlobal));
+  std::string err, current;
+  try {
+    for (auto& op : ops) {
+      current = op.name;
+      op.launch(st.s);
+    }
+  } catch (const std::exception& e) {
+    err = current + ": " + e.what();
+  }
+  cudaGraph_t graph = nullptr;
+  const cudaError_t ec = cudaStreamEndCapture(st.s, &graph);
+  if (!err.empty() || ec != cudaSuccess || graph == nullptr) {
+    (void)cudaGetLastError();
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    ADD_FAILURE() << "capture failed" << (err.empty() ? "" : " (" + err + ")")
+                  << "; cudaStreamEndCapture: " << cudaGetErrorString(ec);
+    return;
+  }
+  size_t nodes = 0;
+  CK(cudaGraphGetNodes(graph, nullptr, &nodes));
+  EXPECT_GE(nodes, ops.size()) << "every op enqueues at least one node";
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t ei = cudaGraphInstantiate(&exec, graph, 0);
+  if (ei != cudaSuccess) {
+    (void)cudaGetLastError();
+    cudaGraphDestroy(graph);
+    ADD_FAILURE() << "cudaGraphInstantiate: " << cudaGetErrorString(ei);
+    return;
+  }
+  for (int rep = 1; rep <= 2; ++rep) {
+    int i = 0;
+    for (auto& op : ops) op.refresh(seed + 1000 * static_cast<uint64_t>(rep) + static_cast<uint64_t>(i++), rep);
+    for (auto& op : ops)
+      for (const auto& [ptr, bytes] : op.outputs)
+        if (bytes > 0) CK(cudaMemsetAsync(ptr, rep == 1 ? 0xcd : 0x5a, bytes, st.s));
+    CK(cudaGraphLaunch(exec, st.s));
+    CK(cudaStreamSynchronize(st.s));
+    for (auto& op : ops) op.check("replay " + std::to_string(rep));
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+}
+
 }  // namespace
+
+// ---- CUDA graph: the very first call of each op inside a capture ---------------------------------------------------
+// tpcomm/quantize.h says every call can be captured into a CUDA graph, with no warm-up. Yet several launchers do
+// one-time host setup on their first call: cudaFuncSetAttribute + cudaOccupancyMaxActiveClusters for the one-pass
+// FP8 colwise kernel (src/quantize/fp8.cu col_cluster_attributes / col_cluster_capacity, cached per (registers,
+// cluster size, shared memory)), cudaFuncSetAttribute + cudaOccupancyMaxActiveBlocksPerMultiprocessor for the
+// persistent MXFP8 "both" kernel (tile_launch.h persistent_blocks_per_sm) and for NVFP4's one-wave choice
+// (common/pdl.cpp device_capacity), the SM count (validate.cpp sm_count); and CUDA loads each kernel's module
+// lazily on its first launch. bench/common.cpp (time_graph_us) therefore warms up outside its captures, and
+// CudaGraphEveryOp below does too. This test holds the library to its word: the first call of each op happens
+// inside a cudaStreamCaptureModeGlobal capture. It is meaningful only as the first quantize work of the process,
+// so it is defined first in this file (gtest runs tests in definition order, also under the QuantGpu* filters of
+// the ctest entries), and its shapes appear nowhere else, so the shape-keyed colwise cache is cold even when it
+// does not run first.
+TEST(QuantGpuCaptureFirst, FirstCallOfEachOpInsideCapture) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const Fp8Format e4 = Fp8Format::kE4M3, e5 = Fp8Format::kE5M2;
+  const ScaleLayout lin = ScaleLayout::kLinear, swz = ScaleLayout::kSwizzled128x4;
+  std::vector<GraphOp> ops;
+  ops.push_back(graph_fp8(520, 136, e4, Fp8Scaling::kColwise, false));  // one-pass, clusters of 2
+  ops.push_back(graph_fp8(72, 264, e4, Fp8Scaling::kTensorwise, false));
+  ops.push_back(graph_fp8(72, 264, e5, Fp8Scaling::kTensorwise, true));
+  ops.push_back(graph_fp8(72, 264, e4, Fp8Scaling::kRowwise, false));
+  ops.push_back(graph_fp8(72, 264, e4, Fp8Scaling::kBlock1x128, false));
+  ops.push_back(graph_fp8(72, 264, e5, Fp8Scaling::kBlock128x128, false));
+  ops.push_back(graph_amax(2056));
+  ops.push_back(graph_mxfp8({1, 224, 288}, e5, E8M0Rounding::kFloor, swz, true, true));    // persistent "both"
+  ops.push_back(graph_mxfp8({1, 64, 96}, e4, E8M0Rounding::kRceil, lin, true, false));     // warp-window rowwise
+  ops.push_back(graph_mxfp8({1, 72, 192}, e4, E8M0Rounding::kRceil, swz, true, false));    // tile rowwise
+  ops.push_back(graph_mxfp8({2, 64, 104}, e4, E8M0Rounding::kRceil, lin, false, true));    // 3-D colwise
+  ops.push_back(graph_nvfp4(48, 112, Nvfp4Block::k1x16, lin, false));   // amax pass + warp-window kernel
+  ops.push_back(graph_nvfp4(176, 208, Nvfp4Block::k16x16, swz, true));  // tile kernel (one-wave choice)
+  ops.push_back(graph_fp8_dequant(40, 56, e4, Fp8Scaling::kRowwise, DType::kBFloat16));
+  ops.push_back(graph_mxfp8_dequant({1, 64, 56}, Mxfp8Axis::kColwise, e4, swz, DType::kFloat32));
+  ops.push_back(graph_mxfp8_dequant({1, 40, 64}, Mxfp8Axis::kRowwise, e4, lin, DType::kBFloat16));
+  ops.push_back(graph_nvfp4_dequant(24, 48, swz, DType::kBFloat16));
+  capture_and_replay(ops, /*warm_up=*/false, seed);
+}
 
 // ---- MXFP8 ----------------------------------------------------------------------------------------------------------
 TEST(QuantGpu, Mxfp8QuantizeMatchesReference) {
@@ -605,4 +1290,370 @@ TEST(QuantGpu, EmptyTensorsAreNoOps) {
   f.cols = 16;
   EXPECT_NO_THROW(fp8_quantize(f, nullptr));
   CK(cudaDeviceSynchronize());
+}
+
+// ---- CUDA graph: every op ------------------------------------------------------------------------------------------
+// Every quantize and dequantize op (all FP8 scalings, computed and given amax; MXFP8 rowwise on both its kernels,
+// colwise, rowwise + colwise, 3-D; NVFP4 1x16 and 16x16 on both kernels; every dequantize; compute_amax) in one
+// graph, replayed twice with new inputs. Each op is called once eagerly before the capture, as bench/common.cpp
+// time_graph_us does, so the one-time host setup listed above QuantGpuCaptureFirst happens outside the capture;
+// that test covers the first call inside one.
+TEST(QuantGpu, CudaGraphEveryOp) {
+  const uint64_t seed = test::fresh_seed();
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const Fp8Format e4 = Fp8Format::kE4M3, e5 = Fp8Format::kE5M2;
+  const ScaleLayout lin = ScaleLayout::kLinear, swz = ScaleLayout::kSwizzled128x4;
+  const DType b16 = DType::kBFloat16, f32 = DType::kFloat32;
+  const Fp8Scaling scalings[] = {Fp8Scaling::kTensorwise, Fp8Scaling::kRowwise, Fp8Scaling::kColwise,
+                                 Fp8Scaling::kBlock1x128, Fp8Scaling::kBlock128x128};
+  std::vector<GraphOp> ops;
+  // FP8. Colwise takes the one-pass cluster kernel at both shapes (clusters of 2 and of 6 blocks).
+  for (Fp8Scaling sc : scalings) ops.push_back(graph_fp8(1024, 256, e4, sc, false));
+  ops.push_back(graph_fp8(1024, 256, e4, Fp8Scaling::kTensorwise, true));
+  ops.push_back(graph_fp8(3001, 72, e5, Fp8Scaling::kColwise, false));
+  ops.push_back(graph_fp8(3001, 72, e5, Fp8Scaling::kTensorwise, false));
+  ops.push_back(graph_fp8(3001, 72, e5, Fp8Scaling::kBlock1x128, false));
+  ops.push_back(graph_fp8(3001, 72, e5, Fp8Scaling::kBlock128x128, false));
+  ops.push_back(graph_amax((int64_t(1) << 20) + 8));
+  // MXFP8. Rowwise only: warp-window kernel (linear scales) and tile kernel (swizzled). Rowwise + colwise always
+  // runs the persistent kernel; 2560 x 2048 has 320 tiles, more than the 2 resident blocks x 132 SMs of an H200,
+  // so blocks walk several tiles and the cp.async prefetch of the next tile runs inside the graph.
+  ops.push_back(graph_mxfp8({1, 1024, 512}, e4, E8M0Rounding::kRceil, lin, true, false));
+  ops.push_back(graph_mxfp8({1, 1024, 512}, e4, E8M0Rounding::kFloor, swz, true, false));
+  ops.push_back(graph_mxfp8({1, 1024, 512}, e4, E8M0Rounding::kRceil, lin, false, true));
+  ops.push_back(graph_mxfp8({1, 2560, 2048}, e4, E8M0Rounding::kRceil, lin, true, true));
+  ops.push_back(graph_mxfp8({4, 256, 384}, e5, E8M0Rounding::kFloor, swz, false, true));
+  ops.push_back(graph_mxfp8({2, 160, 640}, e5, E8M0Rounding::kRceil, swz, true, true));
+  // NVFP4: 1x16 linear (amax pass + warp-window kernel), 1x16 swizzled and 16x16 (tile kernel).
+  ops.push_back(graph_nvfp4(1024, 512, Nvfp4Block::k1x16, lin, false));
+  ops.push_back(graph_nvfp4(1000, 496, Nvfp4Block::k1x16, swz, true));
+  ops.push_back(graph_nvfp4(1024, 512, Nvfp4Block::k16x16, swz, true));
+  ops.push_back(graph_nvfp4(208, 240, Nvfp4Block::k16x16, lin, false));
+  // Dequantize.
+  int i = 0;
+  for (Fp8Scaling sc : scalings) {
+    ops.push_back(graph_fp8_dequant(200, 328, (i & 1) ? e5 : e4, sc, (i & 1) ? f32 : b16));
+    ++i;
+  }
+  ops.push_back(graph_mxfp8_dequant({3, 96, 160}, Mxfp8Axis::kRowwise, e4, lin, b16));  // warp-window kernel
+  ops.push_back(graph_mxfp8_dequant({3, 96, 160}, Mxfp8Axis::kRowwise, e5, swz, f32));
+  ops.push_back(graph_mxfp8_dequant({3, 96, 160}, Mxfp8Axis::kColwise, e4, lin, f32));
+  ops.push_back(graph_mxfp8_dequant({3, 96, 160}, Mxfp8Axis::kColwise, e5, swz, b16));
+  ops.push_back(graph_nvfp4_dequant(144, 80, lin, b16));
+  ops.push_back(graph_nvfp4_dequant(144, 80, swz, f32));
+  capture_and_replay(ops, /*warm_up=*/true, seed);
+}
+
+// ---- deterministic edge groups (fixed construction, no seed) -------------------------------------------------------
+// Every scale-group kind of edge_tensor() (zeros, all equal, power-of-two amax, amax = fp8_max * 2^k, subnormals only,
+// past saturation, +Inf, -Inf, NaN, 0x7f7f, 0x0001, ties) in every kernel family, each case followed by the
+// dequantization of its output. The named FP8 test runs under every colwise form (tests/CMakeLists.txt filters on
+// QuantGpu.Fp8Quantize*).
+TEST(QuantGpu, Fp8QuantizeDeterministicEdgeGroups) {
+  const auto all = edge_kinds(true, true), finite = edge_kinds(false, false);
+  const int64_t combos = static_cast<int64_t>(all.size() * kEdgeExps.size());
+  int n = 0;
+  auto dq = [&n] { return (n++ & 1) ? DType::kFloat32 : DType::kBFloat16; };
+  // Group counts: rowwise 72 rows, colwise 72 columns and 1x128 80 blocks hold every kind with every exponent;
+  // 128x128 has 16 blocks, every kind once.
+  ASSERT_GE(edge_groups(72, 200, 1, 200), combos);
+  ASSERT_GE(edge_groups(1100, 72, 1100, 1), combos);
+  ASSERT_GE(edge_groups(20, 456, 1, 128), combos);
+  ASSERT_GE(edge_groups(424, 392, 128, 128), static_cast<int64_t>(all.size()));
+  const auto mixed = edge_tensor(72, 200, 1, 200, all, kEdgeExps);
+  const auto mixed_finite = edge_tensor(72, 200, 1, 200, finite, kEdgeExps);
+  const std::vector<uint16_t> zeros(72 * 200, 0);
+  const auto cols_x = edge_tensor(1100, 72, 1100, 1, all, kEdgeExps);
+  const auto b1x128_x = edge_tensor(20, 456, 1, 128, all, kEdgeExps);
+  const auto b128_x = edge_tensor(424, 392, 128, 128, all, kEdgeExps);
+  for (Fp8Format fmt : {Fp8Format::kE4M3, Fp8Format::kE5M2})
+    for (bool pow2 : {false, true}) {
+      const std::string f = std::string(fp8_format_name(fmt)) + (pow2 ? " pow2" : "");
+      // Tensorwise, computed amax: the whole tensor is the group, so one tensor per kind and exponent (kEdgeZero:
+      // the all-(+0) tensor, amax 0).
+      for (int k : all)
+        for (int e : kEdgeExps)
+          check_fp8(edge_tensor(16, 40, 16, 40, {k}, {e}), 16, 40, fmt, Fp8Scaling::kTensorwise, pow2, nullptr, dq(),
+                    "tensorwise " + f + " " + edge_kind_name(k) + " e=" + std::to_string(e));
+      // Tensorwise, given amax: every given value on every kind, on the finite kinds, and on the all-zero tensor.
+      for (float a : edge_given_amax()) {
+        check_fp8(mixed, 72, 200, fmt, Fp8Scaling::kTensorwise, pow2, &a, dq(),
+                  "tensorwise mixed " + f + " " + amax_tag(a));
+        check_fp8(mixed_finite, 72, 200, fmt, Fp8Scaling::kTensorwise, pow2, &a, dq(),
+                  "tensorwise finite " + f + " " + amax_tag(a));
+        check_fp8(zeros, 72, 200, fmt, Fp8Scaling::kTensorwise, pow2, &a, dq(),
+                  "tensorwise zeros " + f + " " + amax_tag(a));
+      }
+      check_fp8(mixed, 72, 200, fmt, Fp8Scaling::kRowwise, pow2, nullptr, dq(), "rowwise " + f);
+      // 1100 rows: the one-pass kernel runs clusters of 3 blocks (64-column strips); the special elements of the
+      // column groups are spread over all rows, so over all blocks of a cluster.
+      check_fp8(cols_x, 1100, 72, fmt, Fp8Scaling::kColwise, pow2, nullptr, dq(), "colwise " + f);
+      check_fp8(b1x128_x, 20, 456, fmt, Fp8Scaling::kBlock1x128, pow2, nullptr, dq(), "1x128 " + f);
+      check_fp8(b128_x, 424, 392, fmt, Fp8Scaling::kBlock128x128, pow2, nullptr, dq(), "128x128 " + f);
+    }
+}
+
+TEST(QuantGpu, Mxfp8DeterministicEdgeGroups) {
+  const auto all = edge_kinds(true, true);
+  const int64_t combos = static_cast<int64_t>(all.size() * kEdgeExps.size());
+  int n = 0;
+  // 2-D with partial row and column tiles, and 3-D; the input cut into rowwise (1x32) groups, then into colwise
+  // (32x1) groups. Every output selection is checked on both (check_mxfp8).
+  for (const Shape3& s : {Shape3{1, 160, 224}, Shape3{3, 96, 160}})
+    for (int orient = 0; orient < 2; ++orient) {
+      const int64_t gr = orient == 0 ? 1 : 32, gc = orient == 0 ? 32 : 1;
+      ASSERT_GE(edge_groups(s.e * s.n, s.k, gr, gc), combos);
+      const auto x = edge_tensor(s.e * s.n, s.k, gr, gc, all, kEdgeExps);
+      Dev<uint16_t> d_in(x);
+      for (Fp8Format fmt : {Fp8Format::kE4M3, Fp8Format::kE5M2})
+        for (E8M0Rounding rnd : {E8M0Rounding::kFloor, E8M0Rounding::kRceil})
+          for (ScaleLayout lay : {ScaleLayout::kLinear, ScaleLayout::kSwizzled128x4})
+            check_mxfp8(d_in, x, s, fmt, rnd, lay, (n++ & 1) ? DType::kFloat32 : DType::kBFloat16,
+                        orient == 0 ? "1x32 groups" : "32x1 groups");
+    }
+}
+
+TEST(QuantGpu, Nvfp4DeterministicEdgeGroups) {
+  struct Mixed {
+    const char* name;
+    std::vector<int> kinds;
+    bool given;  // also run every given global amax
+  };
+  // Computed global amax of the mixed tensors: NaN, +Inf, 0x7f7f (S_enc ~ 7.9e-36), and a moderate value (32).
+  const std::vector<Mixed> mixed = {{"all kinds", edge_kinds(true, true), true},
+                                    {"no nan", edge_kinds(true, false), false},
+                                    {"finite", edge_kinds(false, false), false},
+                                    {"moderate", edge_kinds(false, false, false), true}};
+  const int64_t R = 208, C = 240;  // partial row and column tiles; 13 x 15 blocks of 16x16
+  int n = 0;
+  auto dq = [&n] { return (n++ & 1) ? DType::kFloat32 : DType::kBFloat16; };
+  for (Nvfp4Block blk : {Nvfp4Block::k1x16, Nvfp4Block::k16x16}) {
+    const int64_t gr = blk == Nvfp4Block::k1x16 ? 1 : 16;
+    for (const Mixed& m : mixed) {
+      ASSERT_GE(edge_groups(R, C, gr, 16), static_cast<int64_t>(m.kinds.size() * kNvfp4EdgeExps.size()));
+      const auto x = edge_tensor(R, C, gr, 16, m.kinds, kNvfp4EdgeExps);
+      Dev<uint16_t> d_in(x);
+      for (ScaleLayout lay : {ScaleLayout::kLinear, ScaleLayout::kSwizzled128x4}) {
+        check_nvfp4(d_in, x, R, C, blk, lay, nullptr, dq(), std::string(m.name) + " computed amax");
+        if (m.given)
+          for (float a : edge_given_amax())
+            check_nvfp4(d_in, x, R, C, blk, lay, &a, dq(), std::string(m.name) + " " + amax_tag(a));
+      }
+    }
+    // One kind per tensor, computed global amax: the global amax itself is 0, a power of two, 1.75 * 2^k, a bf16
+    // subnormal, 2^-133, +Inf, NaN, 0x7f7f, ...
+    for (int k : edge_kinds(true, true)) {
+      const auto x = edge_tensor(16, 48, gr, 16, {k}, kNvfp4EdgeExps);
+      Dev<uint16_t> d_in(x);
+      for (ScaleLayout lay : {ScaleLayout::kLinear, ScaleLayout::kSwizzled128x4})
+        check_nvfp4(d_in, x, 16, 48, blk, lay, nullptr, dq(), std::string("only ") + edge_kind_name(k));
+    }
+  }
+}
+
+// ---- shapes at the edge of what each op accepts (src/quantize/validate.cpp) -----------------------------------------
+TEST(QuantGpu, Mxfp8AcceptedOddShapes) {
+  const auto all = edge_kinds(true, true);
+  int n = 0;
+  auto dq = [&n] { return (n++ & 1) ? DType::kFloat32 : DType::kBFloat16; };
+  // Colwise only: cols need only be a multiple of 8 (check_mxfp8 runs colwise only: K % 32 != 0).
+  for (const Shape3& s : {Shape3{2, 96, 72}, Shape3{1, 64, 200}, Shape3{3, 32, 8}}) {
+    const auto x = edge_tensor(s.e * s.n, s.k, 32, 1, all, kEdgeExps);
+    Dev<uint16_t> d_in(x);
+    for (Fp8Format fmt : {Fp8Format::kE4M3, Fp8Format::kE5M2})
+      for (E8M0Rounding rnd : {E8M0Rounding::kFloor, E8M0Rounding::kRceil})
+        for (ScaleLayout lay : {ScaleLayout::kLinear, ScaleLayout::kSwizzled128x4})
+          check_mxfp8(d_in, x, s, fmt, rnd, lay, dq(), "colwise-only, cols % 32 != 0");
+  }
+  // Rowwise only: rows need not be a multiple of 32 (check_mxfp8 runs rowwise only: N % 32 != 0). Kinds from
+  // kEdgeSaturate on, so that the single group of 1 x 1 x 32 is not all zero.
+  std::vector<int> rot = all;
+  std::rotate(rot.begin(), rot.begin() + kEdgeSaturate, rot.end());
+  for (const Shape3& s : {Shape3{2, 33, 96}, Shape3{1, 1, 32}, Shape3{3, 7, 160}}) {
+    const auto x = edge_tensor(s.e * s.n, s.k, 1, 32, rot, kEdgeExps);
+    Dev<uint16_t> d_in(x);
+    for (Fp8Format fmt : {Fp8Format::kE4M3, Fp8Format::kE5M2})
+      for (ScaleLayout lay : {ScaleLayout::kLinear, ScaleLayout::kSwizzled128x4})
+        check_mxfp8(d_in, x, s, fmt, E8M0Rounding::kRceil, lay, dq(), "rowwise-only, rows % 32 != 0");
+  }
+  // The colwise dequantize checks rows only, so it takes any cols (here 7 and 20): random codes, scale codes
+  // included 0 / 254 / 255.
+  for (const Shape3& s : {Shape3{2, 64, 7}, Shape3{1, 32, 20}}) {
+    const size_t nel = static_cast<size_t>(s.e * s.n * s.k);
+    const auto data = random_bytes(nel, 7000 + static_cast<uint64_t>(s.k));
+    Dev<uint8_t> d_data(data);
+    for (ScaleLayout lay : {ScaleLayout::kLinear, ScaleLayout::kSwizzled128x4}) {
+      const auto scales = random_bytes(static_cast<size_t>(mxfp8_col_scale_bytes(s.e, s.n, s.k, lay)),
+                                       7100 + static_cast<uint64_t>(s.k));
+      Dev<uint8_t> d_sc(scales);
+      for (Fp8Format fmt : {Fp8Format::kE4M3, Fp8Format::kE5M2})
+        for (DType dt : {DType::kBFloat16, DType::kFloat32}) {
+          Dev<uint8_t> out(nel * dtype_size(dt));
+          Mxfp8DequantizeParams p;
+          p.data = d_data.p;
+          p.scales = d_sc.p;
+          p.axis = Mxfp8Axis::kColwise;
+          p.experts = s.e;
+          p.rows = s.n;
+          p.cols = s.k;
+          p.format = fmt;
+          p.scale_layout = lay;
+          p.output = out.p;
+          p.output_dtype = dt;
+          mxfp8_dequantize(p, nullptr);
+          EXPECT_TRUE(same(download_out(out.p, nel, dt),
+                           ref::mxfp8_dequantize(data, scales, Mxfp8Axis::kColwise, s.e, s.n, s.k, fmt, lay, dt),
+                           "mxfp8 col dequant " + shape_tag(s) + " " + scale_layout_name(lay) + " " +
+                               fp8_format_name(fmt) + " " + dtype_name(dt)));
+        }
+    }
+  }
+}
+
+TEST(QuantGpu, Nvfp4AcceptedOddShapes) {
+  // 1x16 takes any rows (swizzled scales padded to 128 rows; the linear layout runs the warp-window kernel);
+  // 16x16 needs rows % 16 == 0: here not multiples of 128 (or below it).
+  struct Case {
+    int64_t rows, cols;
+    Nvfp4Block blk;
+  };
+  const auto moderate = edge_kinds(false, false, false), all = edge_kinds(true, true);
+  int n = 0;
+  auto dq = [&n] { return (n++ & 1) ? DType::kFloat32 : DType::kBFloat16; };
+  const float given = 8.0f;
+  const Nvfp4Block b1 = Nvfp4Block::k1x16, b16 = Nvfp4Block::k16x16;
+  for (const Case& c : {Case{1, 48, b1}, Case{37, 48, b1}, Case{37, 80, b1}, Case{130, 80, b1}, Case{16, 48, b16},
+                        Case{48, 208, b16}, Case{272, 48, b16}}) {
+    const int64_t gr = c.blk == Nvfp4Block::k1x16 ? 1 : 16;
+    const auto xm = edge_tensor(c.rows, c.cols, gr, 16, moderate, kNvfp4EdgeExps);
+    const auto xa = edge_tensor(c.rows, c.cols, gr, 16, all, kNvfp4EdgeExps);
+    Dev<uint16_t> dm(xm), da(xa);
+    for (ScaleLayout lay : {ScaleLayout::kLinear, ScaleLayout::kSwizzled128x4}) {
+      check_nvfp4(dm, xm, c.rows, c.cols, c.blk, lay, nullptr, dq(), "odd shape, computed amax");
+      check_nvfp4(da, xa, c.rows, c.cols, c.blk, lay, &given, dq(), "odd shape, " + amax_tag(given));
+    }
+  }
+}
+
+TEST(QuantGpu, Fp8QuantizeAcceptedOddShapes) {
+  // cols a multiple of 8 and nothing else: one row, one 8-wide column group, 1x128 / 128x128 edge blocks of 8
+  // columns, a colwise strip whose last 64-column strip holds 8 columns.
+  // Finite kinds without 0x7f7f (the tensorwise amax stays moderate), a nonzero one first (the 1 x 8 tensor is one
+  // group).
+  const std::vector<int> kinds = {kEdgeFp8Max,   kEdgeTies, kEdgeEqual,     kEdgePow2,
+                                  kEdgeSaturate, kEdgeZero, kEdgeSubnormal, kEdgeMinSubnormal};
+  const std::vector<int> exps = {0, -3, 5};
+  int n = 0;
+  auto dq = [&n] { return (n++ & 1) ? DType::kFloat32 : DType::kBFloat16; };
+  for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{1, 8}, {129, 8}, {130, 136}, {2, 1160}}) {
+    const auto x = edge_tensor(rows, cols, 1, 8, kinds, exps);
+    for (Fp8Scaling sc : {Fp8Scaling::kTensorwise, Fp8Scaling::kRowwise, Fp8Scaling::kColwise, Fp8Scaling::kBlock1x128,
+                          Fp8Scaling::kBlock128x128})
+      for (Fp8Format fmt : {Fp8Format::kE4M3, Fp8Format::kE5M2})
+        check_fp8(x, rows, cols, fmt, sc, false, nullptr, dq(),
+                  std::string("odd shape ") + shape_tag(rows, cols) + " " + fp8_scaling_name(sc) + " " +
+                      fp8_format_name(fmt));
+  }
+}
+
+// Shapes an op cannot take throw tpcomm::Error(kInvalidArgument) naming the dimension, before anything is enqueued
+// (every output keeps its sentinel). All pointers are valid device buffers, so only the shape can be at fault.
+TEST(QuantGpu, RejectedShapesThrowNamingTheDim) {
+  Dev<uint16_t> in(64 * 256);
+  Dev<uint8_t> o1(64 * 256 * 4), o2(64 * 256 * 4), s1(8192), s2(8192);
+  Dev<float> f1(256), f2(256);
+  auto mx = [&](int64_t e, int64_t rows, int64_t cols, bool row, bool col) {
+    Mxfp8QuantizeParams p;
+    p.input = in.p;
+    p.experts = e;
+    p.rows = rows;
+    p.cols = cols;
+    if (row) {
+      p.row_data = o1.p;
+      p.row_scales = s1.p;
+    }
+    if (col) {
+      p.col_data = o2.p;
+      p.col_scales = s2.p;
+    }
+    return p;
+  };
+  expect_dim_error([&] { mxfp8_quantize(mx(1, 64, 20, false, true), nullptr); }, "cols", "mxfp8 colwise cols 20");
+  expect_dim_error([&] { mxfp8_quantize(mx(1, 48, 64, false, true), nullptr); }, "rows", "mxfp8 colwise rows 48");
+  expect_dim_error([&] { mxfp8_quantize(mx(2, 40, 64, false, true), nullptr); }, "rows", "mxfp8 3-D colwise rows 40");
+  expect_dim_error([&] { mxfp8_quantize(mx(1, 64, 72, true, false), nullptr); }, "cols", "mxfp8 rowwise cols 72");
+  expect_dim_error([&] { mxfp8_quantize(mx(1, 64, 72, true, true), nullptr); }, "cols",
+                   "mxfp8 rowwise+colwise cols 72 (colwise alone accepts it)");
+  auto mxd = [&](Mxfp8Axis axis, int64_t rows, int64_t cols) {
+    Mxfp8DequantizeParams p;
+    p.data = o1.p;
+    p.scales = s1.p;
+    p.axis = axis;
+    p.rows = rows;
+    p.cols = cols;
+    p.output = o2.p;
+    return p;
+  };
+  expect_dim_error([&] { mxfp8_dequantize(mxd(Mxfp8Axis::kRowwise, 64, 72), nullptr); }, "cols",
+                   "mxfp8 row dequant cols 72");
+  expect_dim_error([&] { mxfp8_dequantize(mxd(Mxfp8Axis::kColwise, 48, 64), nullptr); }, "rows",
+                   "mxfp8 col dequant rows 48");
+  auto nv = [&](Nvfp4Block blk, int64_t rows, int64_t cols) {
+    Nvfp4QuantizeParams p;
+    p.input = in.p;
+    p.rows = rows;
+    p.cols = cols;
+    p.block = blk;
+    p.output = o1.p;
+    p.block_scales = s1.p;
+    p.global_amax_out = f1.p;
+    p.global_scale_inv = f2.p;
+    return p;
+  };
+  expect_dim_error([&] { nvfp4_quantize(nv(Nvfp4Block::k16x16, 40, 64), nullptr); }, "rows", "nvfp4 16x16 rows 40");
+  expect_dim_error([&] { nvfp4_quantize(nv(Nvfp4Block::k1x16, 40, 24), nullptr); }, "cols", "nvfp4 1x16 cols 24");
+  expect_dim_error([&] { nvfp4_quantize(nv(Nvfp4Block::k16x16, 32, 24), nullptr); }, "cols", "nvfp4 16x16 cols 24");
+  {
+    Nvfp4DequantizeParams p;
+    p.input = o1.p;
+    p.block_scales = s1.p;
+    p.global_scale_inv = f2.p;
+    p.rows = 32;
+    p.cols = 24;
+    p.output = o2.p;
+    expect_dim_error([&] { nvfp4_dequantize(p, nullptr); }, "cols", "nvfp4 dequant cols 24");
+  }
+  for (Fp8Scaling sc : {Fp8Scaling::kTensorwise, Fp8Scaling::kRowwise, Fp8Scaling::kColwise, Fp8Scaling::kBlock1x128,
+                        Fp8Scaling::kBlock128x128}) {
+    Fp8QuantizeParams p;
+    p.input = in.p;
+    p.rows = 64;
+    p.cols = 12;
+    p.scaling = sc;
+    p.output = o1.p;
+    p.scale_inv = f1.p;
+    p.amax_out = f2.p;
+    expect_dim_error([&] { fp8_quantize(p, nullptr); }, "cols",
+                     std::string("fp8 ") + fp8_scaling_name(sc) + " cols 12");
+    Fp8DequantizeParams d;
+    d.input = o1.p;
+    d.rows = 64;
+    d.cols = 12;
+    d.scaling = sc;
+    d.scale_inv = f1.p;
+    d.output = o2.p;
+    expect_dim_error([&] { fp8_dequantize(d, nullptr); }, "cols",
+                     std::string("fp8 dequant ") + fp8_scaling_name(sc) + " cols 12");
+  }
+  expect_dim_error([&] { compute_amax(in.p, DType::kBFloat16, 12, f1.p, nullptr); }, "count", "compute_amax count 12");
+  CK(cudaDeviceSynchronize());
+  for (const Dev<uint8_t>* d : {&o1, &o2, &s1, &s2}) {
+    const auto h = d->get();
+    EXPECT_TRUE(std::all_of(h.begin(), h.end(), [](uint8_t b) { return b == 0xcd; })) << "a rejected call wrote output";
+  }
+  for (const Dev<float>* d : {&f1, &f2}) {
+    const auto h = d->get();
+    EXPECT_TRUE(std::all_of(h.begin(), h.end(), [](float v) { return bits_of(v) == 0xcdcdcdcdu; }))
+        << "a rejected call wrote output";
+  }
 }

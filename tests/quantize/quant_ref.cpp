@@ -167,6 +167,7 @@ float fp8_quant_scale(float amax, Fp8Format fmt, bool pow2) {
 }
 
 float nvfp4_global_encode_scale(float amax) {
+  amax = std::fabs(amax);  // docs/quantize.md: a negative given amax counts by magnitude
   float s = 2688.0f / amax;
   s = std::fmin(s, FLT_MAX);
   if (amax == 0.0f || s == 0.0f) s = 1.0f;
