@@ -427,10 +427,20 @@ int run(int argc, char** argv) {
         double bu = 1e30;
         for (auto& [name, us] : table["graph"][bytes])
           if (name != "tpcomm:auto" && us < bu) { bu = us; best = name; }
+        if (best.empty()) best = "-";
         std::printf(" %s=%s", format_size(bytes).c_str(), best.c_str());
       }
       std::printf("\n");
-      const TableFit fit = fit_auto_table(sizes, table["graph"], checked["graph"]);
+      // A table can only be fitted from a run that timed every algorithm auto chooses among.
+      std::string missing;
+      for (const char* need : {"tpcomm:one_shot_ll", "tpcomm:one_shot", "tpcomm:two_shot", "nccl"}) {
+        bool have = false;
+        for (auto& im : impls) have = have || im.name == need;
+        if (!have) missing += std::string(missing.empty() ? "" : ", ") + need;
+      }
+      TableFit fit;
+      if (!missing.empty()) fit.why = "this run did not time " + missing + " (run with the default --impls)";
+      else fit = fit_auto_table(sizes, table["graph"], checked["graph"]);
       if (fit.value.empty()) {
         std::printf("no TPCOMM_AR_TABLE suggested: %s\n", fit.why.c_str());
       } else {

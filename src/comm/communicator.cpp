@@ -59,13 +59,20 @@ void release_graph_ref(void* p) {
 }  // namespace
 
 void CommImpl::note_enqueued(cudaStream_t stream) {
+  // cudaStreamIsCapturing first: it is the cheap query, and this runs on every eager call (the graph query below
+  // only while capturing).
   cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-  cudaGraph_t graph = nullptr;
-  if (cudaStreamGetCaptureInfo(stream, &st, nullptr, &graph) != cudaSuccess) {
+  if (cudaStreamIsCapturing(stream, &st) != cudaSuccess) {
     cudaGetLastError();  // e.g. the legacy stream while another thread captures: nothing to track
     return;
   }
   if (st == cudaStreamCaptureStatusActive) {
+    cudaGraph_t graph = nullptr;
+    if (cudaStreamGetCaptureInfo(stream, &st, nullptr, &graph) != cudaSuccess || graph == nullptr) {
+      cudaGetLastError();
+      log(LogLevel::kError, "all_reduce: cudaStreamGetCaptureInfo failed while capturing; destroy() cannot see this graph");
+      return;
+    }
     // Capture time only (not the replay hot path): one user object per captured op.
     auto* h = new GraphRefHolder{graph_refs};
     cudaUserObject_t obj = nullptr;
