@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "tpcomm/device/sync_types.h"
+
 namespace tpcomm {
 
 struct CommOptions {
@@ -102,6 +104,10 @@ class Communicator {
   void check() const;
   // cudaStreamSynchronize(stream), then check().
   void synchronize(cudaStream_t stream) const;
+  // What a caller's own kernel passes to the device primitives of tpcomm/device/sync.cuh (wait_signal,
+  // block_wait): this communicator's host-mapped error record, abort flag and timeout. A wait that times out
+  // there is reported like tpcomm's own (check() / synchronize() throw kTimeout naming the rank).
+  device::SyncContext sync_context() const;
 
   // Host-side all-gather of `bytes` per rank through NCCL (collective; used for handle exchange).
   void host_all_gather(const void* send, void* recv, std::size_t bytes) const;

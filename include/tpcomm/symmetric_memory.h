@@ -20,7 +20,8 @@ class Communicator;
 class SymmetricBuffer {
  public:
   // Collective: every rank calls it with the same `bytes` (checked; a difference throws kMismatch naming
-  // the rank). signal_pad_bytes of zeroed uint32 signals come with it.
+  // the rank). signal_pad_bytes of zeroed uint32 signals come with it. The device allocation is rounded up to
+  // whole 2 MiB units (its own CUDA IPC allocation: peers map it independently of any other buffer).
   static std::unique_ptr<SymmetricBuffer> allocate(const Communicator& comm, std::size_t bytes,
                                                    std::size_t signal_pad_bytes = 64 * 1024);
   ~SymmetricBuffer();

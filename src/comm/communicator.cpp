@@ -477,6 +477,11 @@ const Topology& Communicator::topology() const { return impl_->topo; }
 const CommOptions& Communicator::options() const { return impl_->opts; }
 detail::CommImpl& Communicator::impl() const { return *impl_; }
 
+device::SyncContext Communicator::sync_context() const {
+  impl_->ensure_usable("sync_context");
+  return impl_->sync_ctx();
+}
+
 CommStats Communicator::stats() const {
   CommStats s;
   s.fast_calls = impl_->fast_calls.load();

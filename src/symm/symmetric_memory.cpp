@@ -49,10 +49,16 @@ std::unique_ptr<SymmetricBuffer> SymmetricAllocator::allocate_agreed(const Commu
   me.bytes = bytes;
   me.pid = static_cast<int32_t>(getpid());
   std::string local_err;
-  if (cudaMalloc(&buf->base_, pad_aligned + bytes) != cudaSuccess ||
+  // Whole 2 MiB units: cudaMalloc packs smaller blocks into shared 2 MiB chunks, and CUDA IPC exports and maps a
+  // whole chunk, once per importing process: a small symmetric buffer in a chunk that a peer had already opened
+  // (e.g. for a registered buffer) failed there with "resource already mapped" (mp test, session 9). A buffer of
+  // whole chunks is its own IPC allocation, and its handle maps to its own base.
+  constexpr std::size_t kChunk = std::size_t(2) << 20;
+  const std::size_t alloc_bytes = (pad_aligned + bytes + kChunk - 1) / kChunk * kChunk;
+  if (cudaMalloc(&buf->base_, alloc_bytes) != cudaSuccess ||
       cudaMemset(buf->base_, 0, pad_aligned + bytes) != cudaSuccess) {
     cudaGetLastError();
-    local_err = "cudaMalloc of " + std::to_string(pad_aligned + bytes) + " bytes failed";
+    local_err = "cudaMalloc of " + std::to_string(alloc_bytes) + " bytes failed";
     buf->base_ = nullptr;
   } else if (cudaIpcGetMemHandle(&me.handle, buf->base_) != cudaSuccess) {
     cudaGetLastError();

@@ -763,8 +763,11 @@ TEST(AllReduceHotPath, NoDeviceAllocationAcrossCalls) {
 // Teardown frees what creation allocated: communicators created and destroyed in a loop leave the device's free
 // memory where one create/destroy cycle left it (NCCL may keep a little per process; 8 MiB of slack for it,
 // where one leaked workspace would be hundreds of MiB).
+// A rank's memory stays allocated while a peer still has it mapped (CUDA IPC), so both measurements follow a
+// host barrier: every rank has destroyed (and unmapped) before anyone reads its free memory.
 TEST(CommunicatorLifecycle, CreateDestroyLoopDoesNotLeak) {
   { auto warm = test::fresh_comm(); warm->destroy(); }
+  test::mp_comm().host_barrier();
   CUDA_OK(cudaDeviceSynchronize());
   std::size_t free0 = 0, free1 = 0, total = 0;
   CUDA_OK(cudaMemGetInfo(&free0, &total));
@@ -772,6 +775,7 @@ TEST(CommunicatorLifecycle, CreateDestroyLoopDoesNotLeak) {
     auto comm = test::fresh_comm();
     comm->destroy();
   }
+  test::mp_comm().host_barrier();
   CUDA_OK(cudaDeviceSynchronize());
   CUDA_OK(cudaMemGetInfo(&free1, &total));
   EXPECT_GE(double(free1) + 8.0 * 1048576.0, double(free0))
