@@ -15,6 +15,7 @@
 
 #include "common/test_util.h"
 #include "quantize/quant_ref.h"
+#include "quantize/quant_test_params.h"
 #include "tpcomm/error.h"
 #include "tpcomm/quantize.h"
 
@@ -69,17 +70,7 @@ void check_transposed(int64_t rows, int64_t cols, Fp8Format fmt, bool pow2) {
   Buf<uint8_t> out(rows * cols);
   Buf<float> scale(cols), amax(cols);
   CUDA_OK(static_cast<cudaError_t>(test::copy_to_device(in.p, x.data(), x.size() * 2)));
-  Fp8QuantizeParams p;
-  p.input = in.p;
-  p.rows = rows;
-  p.cols = cols;
-  p.format = fmt;
-  p.scaling = Fp8Scaling::kColwise;
-  p.pow2_scales = pow2;
-  p.output = out.p;
-  p.scale_inv = scale.p;
-  p.amax_out = amax.p;
-  p.transpose_output = true;
+  const Fp8QuantizeParams p = test_params::colwise_transposed(in.p, rows, cols, out.p, scale.p, amax.p, fmt, pow2);
   try {
     fp8_quantize(p, nullptr);
   } catch (const Error& e) {
@@ -144,16 +135,7 @@ TEST(QuantGpu, Fp8QuantizeColwiseTransposedDequantizesAsRowwise) {
   Buf<uint8_t> qt(rows * cols);
   Buf<float> scale(cols), amax(cols), deq(rows * cols);
   CUDA_OK(static_cast<cudaError_t>(test::copy_to_device(in.p, x.data(), x.size() * 2)));
-  Fp8QuantizeParams p;
-  p.input = in.p;
-  p.rows = rows;
-  p.cols = cols;
-  p.scaling = Fp8Scaling::kColwise;
-  p.output = qt.p;
-  p.scale_inv = scale.p;
-  p.amax_out = amax.p;
-  p.transpose_output = true;
-  fp8_quantize(p, nullptr);
+  fp8_quantize(test_params::colwise_transposed(in.p, rows, cols, qt.p, scale.p, amax.p), nullptr);
   Fp8DequantizeParams d;
   d.input = qt.p;
   d.rows = cols;

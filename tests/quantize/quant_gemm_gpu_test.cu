@@ -17,6 +17,7 @@
 
 #include "common/test_util.h"
 #include "quantize/quant_ref.h"
+#include "quantize/quant_test_params.h"
 #include "tpcomm/quantize.h"
 
 using namespace tpcomm;
@@ -232,16 +233,7 @@ TEST(QuantGemmGpu, CublasLtConsumesTheFp8ScaleLayouts) {
     DevVec<uint16_t> xk(K * N);
     CUDA_OK(static_cast<cudaError_t>(test::copy_to_device(xk.p, hx.data(), hx.size() * 2)));
     const Quantized qa = quantize(a.p, M, Fp8Scaling::kRowwise, aq.p, as.p, amax.p);
-    Fp8QuantizeParams p;
-    p.input = xk.p;
-    p.rows = K;
-    p.cols = N;
-    p.scaling = Fp8Scaling::kColwise;
-    p.output = wq.p;
-    p.scale_inv = wsc.p;
-    p.amax_out = amax.p;
-    p.transpose_output = true;
-    fp8_quantize(p, nullptr);
+    fp8_quantize(test_params::colwise_transposed(xk.p, K, N, wq.p, wsc.p, amax.p), nullptr);
     CUDA_OK(cudaDeviceSynchronize());
     Quantized qw;  // N x K with one scale per row n: the rowwise layout
     qw.q.resize(N * K);
