@@ -275,6 +275,197 @@ std::string shape_tag(const Shape3& s) {
   return std::to_string(s.e) + "x" + std::to_string(s.n) + "x" + std::to_string(s.k);
 }
 
+// ---- call parameters, output comparisons, dequantize checks -------------------------------------------------------
+// The *_params builders set the fields that every call of that op in this file sets; the other fields keep the
+// header's defaults (FP8 callers set pow2_scales, scale_ld, amax_in and amax_out themselves).
+Fp8QuantizeParams fp8_params(const void* in, int64_t rows, int64_t cols, Fp8Format fmt, Fp8Scaling sc, void* out,
+                             float* scale_inv) {
+  Fp8QuantizeParams p;
+  p.input = in;
+  p.rows = rows;
+  p.cols = cols;
+  p.format = fmt;
+  p.scaling = sc;
+  p.output = out;
+  p.scale_inv = scale_inv;
+  return p;
+}
+
+// The rowwise outputs are set when row, the colwise ones when col; the others stay null.
+Mxfp8QuantizeParams mxfp8_params(const void* in, const Shape3& s, Fp8Format fmt, E8M0Rounding rnd, ScaleLayout lay,
+                                 bool row, bool col, void* row_data, uint8_t* row_scales, void* col_data,
+                                 uint8_t* col_scales) {
+  Mxfp8QuantizeParams p;
+  p.input = in;
+  p.experts = s.e;
+  p.rows = s.n;
+  p.cols = s.k;
+  p.format = fmt;
+  p.rounding = rnd;
+  p.scale_layout = lay;
+  if (row) {
+    p.row_data = row_data;
+    p.row_scales = row_scales;
+  }
+  if (col) {
+    p.col_data = col_data;
+    p.col_scales = col_scales;
+  }
+  return p;
+}
+
+Nvfp4QuantizeParams nvfp4_params(const void* in, int64_t rows, int64_t cols, Nvfp4Block blk, ScaleLayout lay,
+                                 void* out, uint8_t* block_scales, const float* global_amax_in,
+                                 float* global_amax_out, float* global_scale_inv) {
+  Nvfp4QuantizeParams p;
+  p.input = in;
+  p.rows = rows;
+  p.cols = cols;
+  p.block = blk;
+  p.scale_layout = lay;
+  p.output = out;
+  p.block_scales = block_scales;
+  p.global_amax_in = global_amax_in;
+  p.global_amax_out = global_amax_out;
+  p.global_scale_inv = global_scale_inv;
+  return p;
+}
+
+Fp8DequantizeParams fp8_dequant_params(const void* q, int64_t rows, int64_t cols, Fp8Format fmt, Fp8Scaling sc,
+                                       const float* scale_inv, int64_t ld, void* out, DType dt) {
+  Fp8DequantizeParams p;
+  p.input = q;
+  p.rows = rows;
+  p.cols = cols;
+  p.format = fmt;
+  p.scaling = sc;
+  p.scale_inv = scale_inv;
+  p.scale_ld = ld;
+  p.output = out;
+  p.output_dtype = dt;
+  return p;
+}
+
+Mxfp8DequantizeParams mxfp8_dequant_params(const void* data, const uint8_t* scales, Mxfp8Axis axis, const Shape3& s,
+                                           Fp8Format fmt, ScaleLayout lay, void* out, DType dt) {
+  Mxfp8DequantizeParams p;
+  p.data = data;
+  p.scales = scales;
+  p.axis = axis;
+  p.experts = s.e;
+  p.rows = s.n;
+  p.cols = s.k;
+  p.format = fmt;
+  p.scale_layout = lay;
+  p.output = out;
+  p.output_dtype = dt;
+  return p;
+}
+
+Nvfp4DequantizeParams nvfp4_dequant_params(const void* q, const uint8_t* block_scales, const float* global_scale_inv,
+                                           int64_t rows, int64_t cols, ScaleLayout lay, void* out, DType dt) {
+  Nvfp4DequantizeParams p;
+  p.input = q;
+  p.block_scales = block_scales;
+  p.global_scale_inv = global_scale_inv;
+  p.rows = rows;
+  p.cols = cols;
+  p.scale_layout = lay;
+  p.output = out;
+  p.output_dtype = dt;
+  return p;
+}
+
+// "<fmt> <rounding> <layout>[ row][ col]", the MXFP8 part of the failure messages.
+std::string mxfp8_config_name(Fp8Format fmt, E8M0Rounding rnd, ScaleLayout lay, bool row, bool col) {
+  return std::string(fp8_format_name(fmt)) + " " + e8m0_rounding_name(rnd) + " " + scale_layout_name(lay) +
+         (row ? " row" : "") + (col ? " col" : "");
+}
+
+// The outputs of one MXFP8 / NVFP4 quantize call (sentinel-filled), either at given sizes or at the sizes of the
+// reference's outputs (an output the reference lacks gets an unused 1-byte buffer). params() points a call at them.
+struct Mxfp8Outputs {
+  Dev<uint8_t> rd, rs, cd, cs;  // row_data, row_scales, col_data, col_scales
+  Mxfp8Outputs(size_t row_data, size_t row_scales, size_t col_data, size_t col_scales)
+      : rd(row_data), rs(row_scales), cd(col_data), cs(col_scales) {}
+  explicit Mxfp8Outputs(const ref::Mxfp8Out& want)
+      : Mxfp8Outputs(want.row_data.size(), want.row_scales.size(), want.col_data.size(), want.col_scales.size()) {}
+  Mxfp8QuantizeParams params(const void* in, const Shape3& s, Fp8Format fmt, E8M0Rounding rnd, ScaleLayout lay,
+                             bool row, bool col) const {
+    return mxfp8_params(in, s, fmt, rnd, lay, row, col, rd.p, rs.p, cd.p, cs.p);
+  }
+};
+
+struct Nvfp4Outputs {
+  Dev<uint8_t> out, sc;
+  Dev<float> amax_out, sinv;
+  Nvfp4Outputs(size_t data, size_t scales) : out(data), sc(scales), amax_out(1), sinv(1) {}
+  explicit Nvfp4Outputs(const ref::Nvfp4Out& want) : Nvfp4Outputs(want.data.size(), want.scales.size()) {}
+  // given_amax: a device scalar, or null to have the global amax computed into amax_out.
+  Nvfp4QuantizeParams params(const void* in, int64_t rows, int64_t cols, Nvfp4Block blk, ScaleLayout lay,
+                             const float* given_amax) const {
+    return nvfp4_params(in, rows, cols, blk, lay, out.p, sc.p, given_amax, given_amax ? nullptr : amax_out.p, sinv.p);
+  }
+};
+
+// The outputs of one quantize call against the reference; every message reads "<tag> <output><suffix>".
+// FP8 amax_out: null only where the reference defines no amax (block scalings).
+void expect_fp8_outputs(const Dev<uint8_t>& out, const Dev<float>& scale, const Dev<float>* amax_out,
+                        const ref::Fp8Out& want, const std::string& tag, const std::string& suffix = "") {
+  EXPECT_TRUE(same(out.get(), want.data, tag + " data" + suffix));
+  EXPECT_TRUE(same(scale.get(), want.scale_inv, tag + " scale_inv" + suffix));
+  if (!want.amax.empty()) {
+    if (amax_out == nullptr) {
+      ADD_FAILURE() << tag << ": the reference has an amax, the test passed no amax_out buffer";
+      return;
+    }
+    auto got = amax_out->get();
+    got.resize(want.amax.size());
+    EXPECT_TRUE(same(got, want.amax, tag + " amax" + suffix));
+  }
+}
+
+// Only the outputs row / col (those the call produced).
+void expect_mxfp8_outputs(const Mxfp8Outputs& o, bool row, bool col, const ref::Mxfp8Out& want, const std::string& tag,
+                          const std::string& suffix = "") {
+  if (row) {
+    EXPECT_TRUE(same(o.rd.get(), want.row_data, tag + " row_data" + suffix));
+    EXPECT_TRUE(same(o.rs.get(), want.row_scales, tag + " row_scales" + suffix));
+  }
+  if (col) {
+    EXPECT_TRUE(same(o.cd.get(), want.col_data, tag + " col_data" + suffix));
+    EXPECT_TRUE(same(o.cs.get(), want.col_scales, tag + " col_scales" + suffix));
+  }
+}
+
+// given: the call was given the global amax (then amax_out is not compared).
+void expect_nvfp4_outputs(const Nvfp4Outputs& o, bool given, const ref::Nvfp4Out& want, const std::string& tag,
+                          const std::string& suffix = "") {
+  EXPECT_TRUE(same(o.out.get(), want.data, tag + " data" + suffix));
+  EXPECT_TRUE(same(o.sc.get(), want.scales, tag + " scales" + suffix));
+  EXPECT_TRUE(same(o.sinv.get(), std::vector<float>{want.global_scale_inv}, tag + " global_scale_inv" + suffix));
+  if (!given) {
+    EXPECT_TRUE(same(o.amax_out.get(), std::vector<float>{want.amax}, tag + " amax" + suffix));
+  }
+}
+
+// Runs a dequantize op (fp8_dequantize, mxfp8_dequantize or nvfp4_dequantize) with p, its output going to a fresh
+// sentinel-filled buffer of nel elements (p.output is set here), and compares that output with the reference's.
+template <class Params>
+void check_dequant(void (*op)(const Params&, cudaStream_t), Params p, size_t nel, const std::vector<uint32_t>& want,
+                   const std::string& what) {
+  Dev<uint8_t> out(nel * dtype_size(p.output_dtype));
+  p.output = out.p;
+  op(p, nullptr);
+  EXPECT_TRUE(same(download_out(out.p, nel, p.output_dtype), want, what));
+}
+
+// The dequantize output type of successive checks: bf16, f32, bf16, ...
+struct AlternatingDType {
+  int n = 0;
+  DType operator()() { return (n++ & 1) ? DType::kFloat32 : DType::kBFloat16; }
+};
+
 // ---- quantize on the GPU, compare with the reference, dequantize the GPU output ----------------------------------
 // Output buffers carry the sentinel 0xcd (Dev): every byte the reference defines must be written. The dequantize
 // step reads the GPU's quantized output and is compared with the reference dequantization of the reference output
@@ -287,40 +478,16 @@ void check_fp8(const std::vector<uint16_t>& x, int64_t rows, int64_t cols, Fp8Fo
   Dev<float> scale(want.scale_inv.size());  // default ld: every entry is written
   Dev<float> amax_out(static_cast<size_t>(std::max<int64_t>(1, cols)));
   Dev<float> amax_in(std::vector<float>{given ? *given : 0.0f});
-  Fp8QuantizeParams p;
-  p.input = d_in.p;
-  p.rows = rows;
-  p.cols = cols;
-  p.format = fmt;
-  p.scaling = sc;
+  Fp8QuantizeParams p = fp8_params(d_in.p, rows, cols, fmt, sc, out.p, scale.p);
   p.pow2_scales = pow2;
-  p.output = out.p;
-  p.scale_inv = scale.p;
   if (given) p.amax_in = amax_in.p;
   if ((sc == Fp8Scaling::kTensorwise && !given) || sc == Fp8Scaling::kColwise) p.amax_out = amax_out.p;
   fp8_quantize(p, nullptr);
-  EXPECT_TRUE(same(out.get(), want.data, tag + " data"));
-  EXPECT_TRUE(same(scale.get(), want.scale_inv, tag + " scale_inv"));
-  if (!want.amax.empty()) {
-    auto got = amax_out.get();
-    got.resize(want.amax.size());
-    EXPECT_TRUE(same(got, want.amax, tag + " amax"));
-  }
-  const size_t nel = static_cast<size_t>(rows * cols);
-  Dev<uint8_t> dq_out(nel * dtype_size(dq));
-  Fp8DequantizeParams d;
-  d.input = out.p;
-  d.rows = rows;
-  d.cols = cols;
-  d.format = fmt;
-  d.scaling = sc;
-  d.scale_inv = scale.p;
-  d.output = dq_out.p;
-  d.output_dtype = dq;
-  fp8_dequantize(d, nullptr);
-  EXPECT_TRUE(same(download_out(dq_out.p, nel, dq),
-                   ref::fp8_dequantize(want.data, rows, cols, fmt, sc, want.scale_inv, 0, dq),
-                   tag + " dequant " + dtype_name(dq)));
+  expect_fp8_outputs(out, scale, &amax_out, want, tag);
+  check_dequant(fp8_dequantize, fp8_dequant_params(out.p, rows, cols, fmt, sc, scale.p, 0, nullptr, dq),
+                static_cast<size_t>(rows * cols),
+                ref::fp8_dequantize(want.data, rows, cols, fmt, sc, want.scale_inv, 0, dq),
+                tag + " dequant " + dtype_name(dq));
 }
 
 // Every output selection the shape allows (rowwise: K % 32 == 0, colwise: N % 32 == 0), then the dequantization
@@ -333,54 +500,20 @@ void check_mxfp8(const Dev<uint16_t>& d_in, const std::vector<uint16_t>& x, cons
   for (int outputs = 1; outputs <= 3; ++outputs) {
     const bool row = outputs & 1, col = outputs & 2;
     if ((row && !row_ok) || (col && !col_ok)) continue;
-    const std::string tag = tag0 + " " + shape_tag(s) + " " + fp8_format_name(fmt) + " " + e8m0_rounding_name(rnd) +
-                            " " + scale_layout_name(lay) + (row ? " row" : "") + (col ? " col" : "");
-    Dev<uint8_t> rd(want.row_data.size()), rs(want.row_scales.size()), cd(want.col_data.size()),
-        cs(want.col_scales.size());
-    Mxfp8QuantizeParams p;
-    p.input = d_in.p;
-    p.experts = s.e;
-    p.rows = s.n;
-    p.cols = s.k;
-    p.format = fmt;
-    p.rounding = rnd;
-    p.scale_layout = lay;
-    if (row) {
-      p.row_data = rd.p;
-      p.row_scales = rs.p;
-    }
-    if (col) {
-      p.col_data = cd.p;
-      p.col_scales = cs.p;
-    }
-    mxfp8_quantize(p, nullptr);
-    for (int axis_i = 0; axis_i < 2; ++axis_i) {
-      const bool is_row = axis_i == 0;
+    const std::string tag = tag0 + " " + shape_tag(s) + " " + mxfp8_config_name(fmt, rnd, lay, row, col);
+    Mxfp8Outputs o(want);
+    mxfp8_quantize(o.params(d_in.p, s, fmt, rnd, lay, row, col), nullptr);
+    for (Mxfp8Axis axis : {Mxfp8Axis::kRowwise, Mxfp8Axis::kColwise}) {
+      const bool is_row = axis == Mxfp8Axis::kRowwise;
       if (is_row ? !row : !col) continue;
-      const Dev<uint8_t>& data = is_row ? rd : cd;
-      const Dev<uint8_t>& scales = is_row ? rs : cs;
-      const auto& want_data = is_row ? want.row_data : want.col_data;
-      const auto& want_scales = is_row ? want.row_scales : want.col_scales;
-      const std::string ax = is_row ? " row_" : " col_";
-      EXPECT_TRUE(same(data.get(), want_data, tag + ax + "data"));
-      EXPECT_TRUE(same(scales.get(), want_scales, tag + ax + "scales"));
-      const Mxfp8Axis axis = is_row ? Mxfp8Axis::kRowwise : Mxfp8Axis::kColwise;
-      Dev<uint8_t> dq_out(nel * dtype_size(dq));
-      Mxfp8DequantizeParams d;
-      d.data = data.p;
-      d.scales = scales.p;
-      d.axis = axis;
-      d.experts = s.e;
-      d.rows = s.n;
-      d.cols = s.k;
-      d.format = fmt;
-      d.scale_layout = lay;
-      d.output = dq_out.p;
-      d.output_dtype = dq;
-      mxfp8_dequantize(d, nullptr);
-      EXPECT_TRUE(same(download_out(dq_out.p, nel, dq),
-                       ref::mxfp8_dequantize(want_data, want_scales, axis, s.e, s.n, s.k, fmt, lay, dq),
-                       tag + ax + "dequant " + dtype_name(dq)));
+      expect_mxfp8_outputs(o, is_row, !is_row, want, tag);
+      const Dev<uint8_t>& data = is_row ? o.rd : o.cd;
+      const Dev<uint8_t>& scales = is_row ? o.rs : o.cs;
+      check_dequant(mxfp8_dequantize, mxfp8_dequant_params(data.p, scales.p, axis, s, fmt, lay, nullptr, dq), nel,
+                    ref::mxfp8_dequantize(is_row ? want.row_data : want.col_data,
+                                          is_row ? want.row_scales : want.col_scales, axis, s.e, s.n, s.k, fmt, lay,
+                                          dq),
+                    tag + (is_row ? " row_" : " col_") + "dequant " + dtype_name(dq));
     }
   }
 }
@@ -390,41 +523,14 @@ void check_nvfp4(const Dev<uint16_t>& d_in, const std::vector<uint16_t>& x, int6
   const std::string tag = tag0 + " " + shape_tag(rows, cols) + (blk == Nvfp4Block::k1x16 ? " 1x16 " : " 16x16 ") +
                           scale_layout_name(lay);
   const auto want = ref::nvfp4_quantize(x, rows, cols, blk, lay, given);
-  Dev<uint8_t> out(want.data.size()), sc(want.scales.size());
-  Dev<float> amax_out(1), sinv(1), d_given(std::vector<float>{given ? *given : 0.0f});
-  Nvfp4QuantizeParams p;
-  p.input = d_in.p;
-  p.rows = rows;
-  p.cols = cols;
-  p.block = blk;
-  p.scale_layout = lay;
-  p.output = out.p;
-  p.block_scales = sc.p;
-  if (given) p.global_amax_in = d_given.p;
-  else p.global_amax_out = amax_out.p;
-  p.global_scale_inv = sinv.p;
-  nvfp4_quantize(p, nullptr);
-  EXPECT_TRUE(same(out.get(), want.data, tag + " data"));
-  EXPECT_TRUE(same(sc.get(), want.scales, tag + " scales"));
-  EXPECT_TRUE(same(sinv.get(), std::vector<float>{want.global_scale_inv}, tag + " global_scale_inv"));
-  if (!given) {
-    EXPECT_TRUE(same(amax_out.get(), std::vector<float>{want.amax}, tag + " amax"));
-  }
-  const size_t nel = static_cast<size_t>(rows * cols);
-  Dev<uint8_t> dq_out(nel * dtype_size(dq));
-  Nvfp4DequantizeParams d;
-  d.input = out.p;
-  d.block_scales = sc.p;
-  d.global_scale_inv = sinv.p;
-  d.rows = rows;
-  d.cols = cols;
-  d.scale_layout = lay;
-  d.output = dq_out.p;
-  d.output_dtype = dq;
-  nvfp4_dequantize(d, nullptr);
-  EXPECT_TRUE(same(download_out(dq_out.p, nel, dq),
-                   ref::nvfp4_dequantize(want.data, want.scales, want.global_scale_inv, rows, cols, lay, dq),
-                   tag + " dequant " + dtype_name(dq)));
+  Nvfp4Outputs o(want);
+  Dev<float> d_given(std::vector<float>{given ? *given : 0.0f});
+  nvfp4_quantize(o.params(d_in.p, rows, cols, blk, lay, given ? d_given.p : nullptr), nullptr);
+  expect_nvfp4_outputs(o, given != nullptr, want, tag);
+  check_dequant(nvfp4_dequantize, nvfp4_dequant_params(o.out.p, o.sc.p, o.sinv.p, rows, cols, lay, nullptr, dq),
+                static_cast<size_t>(rows * cols),
+                ref::nvfp4_dequantize(want.data, want.scales, want.global_scale_inv, rows, cols, lay, dq),
+                tag + " dequant " + dtype_name(dq));
 }
 
 std::string amax_tag(float a) {
@@ -481,14 +587,7 @@ GraphOp graph_fp8(int64_t rows, int64_t cols, Fp8Format fmt, Fp8Scaling sc, bool
   GraphOp op;
   op.name = std::string("fp8 ") + fp8_scaling_name(sc) + (given ? " given-amax " : " ") + fp8_format_name(fmt) + " " +
             shape_tag(rows, cols);
-  Fp8QuantizeParams p;
-  p.input = in->p;
-  p.rows = rows;
-  p.cols = cols;
-  p.format = fmt;
-  p.scaling = sc;
-  p.output = out->p;
-  p.scale_inv = scale->p;
+  Fp8QuantizeParams p = fp8_params(in->p, rows, cols, fmt, sc, out->p, scale->p);
   if (given) p.amax_in = amax_in->p;
   if ((sc == Fp8Scaling::kTensorwise && !given) || sc == Fp8Scaling::kColwise) p.amax_out = amax_out->p;
   op.launch = [p](cudaStream_t st) { fp8_quantize(p, st); };
@@ -501,13 +600,7 @@ GraphOp graph_fp8(int64_t rows, int64_t cols, Fp8Format fmt, Fp8Scaling sc, bool
   };
   const std::string name = op.name;
   op.check = [=](const std::string& when) {
-    EXPECT_TRUE(same(out->get(), want->data, name + " data " + when));
-    EXPECT_TRUE(same(scale->get(), want->scale_inv, name + " scale_inv " + when));
-    if (!want->amax.empty()) {
-      auto got = amax_out->get();
-      got.resize(want->amax.size());
-      EXPECT_TRUE(same(got, want->amax, name + " amax " + when));
-    }
+    expect_fp8_outputs(*out, *scale, amax_out.get(), *want, name, " " + when);
   };
   op.outputs = {{out->p, nel}, {scale->p, scale->n * 4}, {amax_out->p, amax_out->n * 4}};
   return op;
@@ -538,73 +631,39 @@ GraphOp graph_amax(int64_t n) {
 GraphOp graph_mxfp8(const Shape3& s, Fp8Format fmt, E8M0Rounding rnd, ScaleLayout lay, bool row, bool col) {
   const size_t nel = static_cast<size_t>(s.e * s.n * s.k);
   auto in = dev<uint16_t>(nel);
-  auto rd = dev<uint8_t>(row ? nel : 0), cd = dev<uint8_t>(col ? nel : 0);
-  auto rs = dev<uint8_t>(row ? static_cast<size_t>(mxfp8_row_scale_bytes(s.e, s.n, s.k, lay)) : 0);
-  auto cs = dev<uint8_t>(col ? static_cast<size_t>(mxfp8_col_scale_bytes(s.e, s.n, s.k, lay)) : 0);
+  auto o = std::make_shared<Mxfp8Outputs>(row ? nel : 0,
+                                          row ? static_cast<size_t>(mxfp8_row_scale_bytes(s.e, s.n, s.k, lay)) : 0,
+                                          col ? nel : 0,
+                                          col ? static_cast<size_t>(mxfp8_col_scale_bytes(s.e, s.n, s.k, lay)) : 0);
   auto want = std::make_shared<ref::Mxfp8Out>();
   GraphOp op;
   op.name = std::string("mxfp8") + (row ? " row" : "") + (col ? " col" : "") + " " + fp8_format_name(fmt) + " " +
             e8m0_rounding_name(rnd) + " " + scale_layout_name(lay) + " " + shape_tag(s);
-  Mxfp8QuantizeParams p;
-  p.input = in->p;
-  p.experts = s.e;
-  p.rows = s.n;
-  p.cols = s.k;
-  p.format = fmt;
-  p.rounding = rnd;
-  p.scale_layout = lay;
-  if (row) {
-    p.row_data = rd->p;
-    p.row_scales = rs->p;
-  }
-  if (col) {
-    p.col_data = cd->p;
-    p.col_scales = cs->p;
-  }
-  op.launch = [p](cudaStream_t st) { mxfp8_quantize(p, st); };
+  op.launch = [p = o->params(in->p, s, fmt, rnd, lay, row, col)](cudaStream_t st) { mxfp8_quantize(p, st); };
   op.refresh = [=](uint64_t seed, int) {
     const auto x = make_input(s.e * s.n, s.k, seed, true, true);
     in->put(x);
     *want = ref::mxfp8_quantize(x, s.e, s.n, s.k, fmt, rnd, lay, row, col);
   };
   const std::string name = op.name;
-  op.check = [=](const std::string& when) {
-    if (row) {
-      EXPECT_TRUE(same(rd->get(), want->row_data, name + " row_data " + when));
-      EXPECT_TRUE(same(rs->get(), want->row_scales, name + " row_scales " + when));
-    }
-    if (col) {
-      EXPECT_TRUE(same(cd->get(), want->col_data, name + " col_data " + when));
-      EXPECT_TRUE(same(cs->get(), want->col_scales, name + " col_scales " + when));
-    }
-  };
-  if (row) op.outputs.insert(op.outputs.end(), {{rd->p, rd->n}, {rs->p, rs->n}});
-  if (col) op.outputs.insert(op.outputs.end(), {{cd->p, cd->n}, {cs->p, cs->n}});
+  op.check = [=](const std::string& when) { expect_mxfp8_outputs(*o, row, col, *want, name, " " + when); };
+  if (row) op.outputs.insert(op.outputs.end(), {{o->rd.p, o->rd.n}, {o->rs.p, o->rs.n}});
+  if (col) op.outputs.insert(op.outputs.end(), {{o->cd.p, o->cd.n}, {o->cs.p, o->cs.n}});
   return op;
 }
 
 GraphOp graph_nvfp4(int64_t rows, int64_t cols, Nvfp4Block blk, ScaleLayout lay, bool given) {
   const size_t nel = static_cast<size_t>(rows * cols);
   auto in = dev<uint16_t>(nel);
-  auto out = dev<uint8_t>(nel / 2);
-  auto sc = dev<uint8_t>(static_cast<size_t>(nvfp4_scale_bytes(rows, cols, lay)));
-  auto amax_out = dev<float>(1), amax_in = dev<float>(1), sinv = dev<float>(1);
+  auto o = std::make_shared<Nvfp4Outputs>(nel / 2, static_cast<size_t>(nvfp4_scale_bytes(rows, cols, lay)));
+  auto amax_in = dev<float>(1);
   auto want = std::make_shared<ref::Nvfp4Out>();
   GraphOp op;
   op.name = std::string("nvfp4 ") + (blk == Nvfp4Block::k1x16 ? "1x16 " : "16x16 ") + scale_layout_name(lay) +
             (given ? " given-amax " : " ") + shape_tag(rows, cols);
-  Nvfp4QuantizeParams p;
-  p.input = in->p;
-  p.rows = rows;
-  p.cols = cols;
-  p.block = blk;
-  p.scale_layout = lay;
-  p.output = out->p;
-  p.block_scales = sc->p;
-  if (given) p.global_amax_in = amax_in->p;
-  else p.global_amax_out = amax_out->p;
-  p.global_scale_inv = sinv->p;
-  op.launch = [p](cudaStream_t st) { nvfp4_quantize(p, st); };
+  op.launch = [p = o->params(in->p, rows, cols, blk, lay, given ? amax_in->p : nullptr)](cudaStream_t st) {
+    nvfp4_quantize(p, st);
+  };
   op.refresh = [=](uint64_t seed, int variant) {
     const auto x = make_input(rows, cols, seed, given, given);
     in->put(x);
@@ -613,16 +672,19 @@ GraphOp graph_nvfp4(int64_t rows, int64_t cols, Nvfp4Block blk, ScaleLayout lay,
     *want = ref::nvfp4_quantize(x, rows, cols, blk, lay, given ? &a : nullptr);
   };
   const std::string name = op.name;
-  op.check = [=](const std::string& when) {
-    EXPECT_TRUE(same(out->get(), want->data, name + " data " + when));
-    EXPECT_TRUE(same(sc->get(), want->scales, name + " scales " + when));
-    EXPECT_TRUE(same(sinv->get(), std::vector<float>{want->global_scale_inv}, name + " global_scale_inv " + when));
-    if (!given) {
-      EXPECT_TRUE(same(amax_out->get(), std::vector<float>{want->amax}, name + " amax " + when));
-    }
-  };
-  op.outputs = {{out->p, out->n}, {sc->p, sc->n}, {amax_out->p, 4}, {sinv->p, 4}};
+  op.check = [=](const std::string& when) { expect_nvfp4_outputs(*o, given, *want, name, " " + when); };
+  op.outputs = {{o->out.p, o->out.n}, {o->sc.p, o->sc.n}, {o->amax_out.p, 4}, {o->sinv.p, 4}};
   return op;
+}
+
+// The check of a dequantize op: its output (nel elements of dt, poisoned before every replay) against *want.
+void set_dequant_check(GraphOp& op, const std::shared_ptr<Dev<uint8_t>>& out, size_t nel, DType dt,
+                       const std::shared_ptr<std::vector<uint32_t>>& want) {
+  const std::string name = op.name;
+  op.check = [=](const std::string& when) {
+    EXPECT_TRUE(same(download_out(out->p, nel, dt), *want, name + " " + when));
+  };
+  op.outputs = {{out->p, out->n}};
 }
 
 // Dequantize ops read random codes and scales (new ones before every replay).
@@ -636,16 +698,9 @@ GraphOp graph_fp8_dequant(int64_t rows, int64_t cols, Fp8Format fmt, Fp8Scaling 
   GraphOp op;
   op.name = std::string("fp8 dequant ") + fp8_scaling_name(sc) + " " + fp8_format_name(fmt) + " " + dtype_name(dt) +
             " " + shape_tag(rows, cols);
-  Fp8DequantizeParams p;
-  p.input = q->p;
-  p.rows = rows;
-  p.cols = cols;
-  p.format = fmt;
-  p.scaling = sc;
-  p.scale_inv = s->p;
-  p.output = out->p;
-  p.output_dtype = dt;
-  op.launch = [p](cudaStream_t st) { fp8_dequantize(p, st); };
+  op.launch = [p = fp8_dequant_params(q->p, rows, cols, fmt, sc, s->p, 0, out->p, dt)](cudaStream_t st) {
+    fp8_dequantize(p, st);
+  };
   op.refresh = [=](uint64_t seed, int) {
     const auto qh = random_bytes(nel, seed);
     test::SplitMix64 rng(seed + 1);
@@ -656,11 +711,7 @@ GraphOp graph_fp8_dequant(int64_t rows, int64_t cols, Fp8Format fmt, Fp8Scaling 
     s->put(sh);
     *want = ref::fp8_dequantize(qh, rows, cols, fmt, sc, sh, 0, dt);
   };
-  const std::string name = op.name;
-  op.check = [=](const std::string& when) {
-    EXPECT_TRUE(same(download_out(out->p, nel, dt), *want, name + " " + when));
-  };
-  op.outputs = {{out->p, out->n}};
+  set_dequant_check(op, out, nel, dt, want);
   return op;
 }
 
@@ -676,18 +727,9 @@ GraphOp graph_mxfp8_dequant(const Shape3& sh, Mxfp8Axis axis, Fp8Format fmt, Sca
   GraphOp op;
   op.name = std::string("mxfp8 dequant ") + (rowwise ? "row " : "col ") + fp8_format_name(fmt) + " " +
             scale_layout_name(lay) + " " + dtype_name(dt) + " " + shape_tag(sh);
-  Mxfp8DequantizeParams p;
-  p.data = q->p;
-  p.scales = s->p;
-  p.axis = axis;
-  p.experts = sh.e;
-  p.rows = sh.n;
-  p.cols = sh.k;
-  p.format = fmt;
-  p.scale_layout = lay;
-  p.output = out->p;
-  p.output_dtype = dt;
-  op.launch = [p](cudaStream_t st) { mxfp8_dequantize(p, st); };
+  op.launch = [p = mxfp8_dequant_params(q->p, s->p, axis, sh, fmt, lay, out->p, dt)](cudaStream_t st) {
+    mxfp8_dequantize(p, st);
+  };
   op.refresh = [=](uint64_t seed, int) {
     const auto qh = random_bytes(nel, seed);
     auto shh = random_bytes(ns, seed + 1);
@@ -697,11 +739,7 @@ GraphOp graph_mxfp8_dequant(const Shape3& sh, Mxfp8Axis axis, Fp8Format fmt, Sca
     s->put(shh);
     *want = ref::mxfp8_dequantize(qh, shh, axis, sh.e, sh.n, sh.k, fmt, lay, dt);
   };
-  const std::string name = op.name;
-  op.check = [=](const std::string& when) {
-    EXPECT_TRUE(same(download_out(out->p, nel, dt), *want, name + " " + when));
-  };
-  op.outputs = {{out->p, out->n}};
+  set_dequant_check(op, out, nel, dt, want);
   return op;
 }
 
@@ -715,16 +753,9 @@ GraphOp graph_nvfp4_dequant(int64_t rows, int64_t cols, ScaleLayout lay, DType d
   auto want = std::make_shared<std::vector<uint32_t>>();
   GraphOp op;
   op.name = std::string("nvfp4 dequant ") + scale_layout_name(lay) + " " + dtype_name(dt) + " " + shape_tag(rows, cols);
-  Nvfp4DequantizeParams p;
-  p.input = q->p;
-  p.block_scales = s->p;
-  p.global_scale_inv = g->p;
-  p.rows = rows;
-  p.cols = cols;
-  p.scale_layout = lay;
-  p.output = out->p;
-  p.output_dtype = dt;
-  op.launch = [p](cudaStream_t st) { nvfp4_dequantize(p, st); };
+  op.launch = [p = nvfp4_dequant_params(q->p, s->p, g->p, rows, cols, lay, out->p, dt)](cudaStream_t st) {
+    nvfp4_dequantize(p, st);
+  };
   op.refresh = [=](uint64_t seed, int variant) {
     const auto qh = random_bytes(nel / 2, seed);
     const auto shh = random_bytes(ns, seed + 1);
@@ -734,11 +765,7 @@ GraphOp graph_nvfp4_dequant(int64_t rows, int64_t cols, ScaleLayout lay, DType d
     g->put(std::vector<float>{gh});
     *want = ref::nvfp4_dequantize(qh, shh, gh, rows, cols, lay, dt);
   };
-  const std::string name = op.name;
-  op.check = [=](const std::string& when) {
-    EXPECT_TRUE(same(download_out(out->p, nel, dt), *want, name + " " + when));
-  };
-  op.outputs = {{out->p, out->n}};
+  set_dequant_check(op, out, nel, dt, want);
   return op;
 }
 
@@ -866,36 +893,9 @@ TEST(QuantGpu, Mxfp8QuantizeMatchesReference) {
           const auto want = ref::mxfp8_quantize(x, s.e, s.n, s.k, fmt, rnd, lay, true, true);
           for (int outputs = 1; outputs <= 3; ++outputs) {
             const bool row = outputs & 1, col = outputs & 2;
-            const std::string tag = std::to_string(s.e) + "x" + std::to_string(s.n) + "x" + std::to_string(s.k) + " " +
-                                    fp8_format_name(fmt) + " " + e8m0_rounding_name(rnd) + " " +
-                                    scale_layout_name(lay) + (row ? " row" : "") + (col ? " col" : "");
-            Dev<uint8_t> rd(want.row_data.size()), rs(want.row_scales.size()), cd(want.col_data.size()),
-                cs(want.col_scales.size());
-            Mxfp8QuantizeParams p;
-            p.input = d_in.p;
-            p.experts = s.e;
-            p.rows = s.n;
-            p.cols = s.k;
-            p.format = fmt;
-            p.rounding = rnd;
-            p.scale_layout = lay;
-            if (row) {
-              p.row_data = rd.p;
-              p.row_scales = rs.p;
-            }
-            if (col) {
-              p.col_data = cd.p;
-              p.col_scales = cs.p;
-            }
-            mxfp8_quantize(p, nullptr);
-            if (row) {
-              EXPECT_TRUE(same(rd.get(), want.row_data, tag + " row_data"));
-              EXPECT_TRUE(same(rs.get(), want.row_scales, tag + " row_scales"));
-            }
-            if (col) {
-              EXPECT_TRUE(same(cd.get(), want.col_data, tag + " col_data"));
-              EXPECT_TRUE(same(cs.get(), want.col_scales, tag + " col_scales"));
-            }
+            Mxfp8Outputs o(want);
+            mxfp8_quantize(o.params(d_in.p, s, fmt, rnd, lay, row, col), nullptr);
+            expect_mxfp8_outputs(o, row, col, want, shape_tag(s) + " " + mxfp8_config_name(fmt, rnd, lay, row, col));
           }
         }
   }
@@ -921,25 +921,11 @@ TEST(QuantGpu, Mxfp8DequantizeMatchesReference) {
       }
       Dev<uint8_t> d_sc(scales);
       for (Fp8Format fmt : {Fp8Format::kE4M3, Fp8Format::kE5M2})
-        for (DType dt : {DType::kBFloat16, DType::kFloat32}) {
-          Dev<uint8_t> out(nel * dtype_size(dt));
-          Mxfp8DequantizeParams p;
-          p.data = d_data.p;
-          p.scales = d_sc.p;
-          p.axis = axis;
-          p.experts = s.e;
-          p.rows = s.n;
-          p.cols = s.k;
-          p.format = fmt;
-          p.scale_layout = lay;
-          p.output = out.p;
-          p.output_dtype = dt;
-          mxfp8_dequantize(p, nullptr);
-          const auto want = ref::mxfp8_dequantize(data, scales, axis, s.e, s.n, s.k, fmt, lay, dt);
-          EXPECT_TRUE(same(download_out(out.p, nel, dt), want,
-                           std::string("mxfp8 dequant ") + (axis == Mxfp8Axis::kRowwise ? "row " : "col ") +
-                               scale_layout_name(lay) + " " + fp8_format_name(fmt) + " " + dtype_name(dt)));
-        }
+        for (DType dt : {DType::kBFloat16, DType::kFloat32})
+          check_dequant(mxfp8_dequantize, mxfp8_dequant_params(d_data.p, d_sc.p, axis, s, fmt, lay, nullptr, dt), nel,
+                        ref::mxfp8_dequantize(data, scales, axis, s.e, s.n, s.k, fmt, lay, dt),
+                        std::string("mxfp8 dequant ") + (axis == Mxfp8Axis::kRowwise ? "row " : "col ") +
+                            scale_layout_name(lay) + " " + fp8_format_name(fmt) + " " + dtype_name(dt));
     }
 }
 
@@ -964,35 +950,9 @@ TEST(QuantGpu, TileKernelsWithSeveralTilesPerBlock) {
                           MxCase{Fp8Format::kE4M3, E8M0Rounding::kFloor, ScaleLayout::kLinear, true, false},
                           MxCase{Fp8Format::kE4M3, E8M0Rounding::kFloor, ScaleLayout::kLinear, false, true}}) {
     const auto want = ref::mxfp8_quantize(x, E, N, K, c.fmt, c.rnd, c.lay, c.row, c.col);
-    const std::string tag = std::string("mxfp8 ") + fp8_format_name(c.fmt) + " " + e8m0_rounding_name(c.rnd) + " " +
-                            scale_layout_name(c.lay) + (c.row ? " row" : "") + (c.col ? " col" : "");
-    Dev<uint8_t> rd(want.row_data.size()), rs(want.row_scales.size()), cd(want.col_data.size()),
-        cs(want.col_scales.size());
-    Mxfp8QuantizeParams p;
-    p.input = d_in.p;
-    p.experts = E;
-    p.rows = N;
-    p.cols = K;
-    p.format = c.fmt;
-    p.rounding = c.rnd;
-    p.scale_layout = c.lay;
-    if (c.row) {
-      p.row_data = rd.p;
-      p.row_scales = rs.p;
-    }
-    if (c.col) {
-      p.col_data = cd.p;
-      p.col_scales = cs.p;
-    }
-    mxfp8_quantize(p, nullptr);
-    if (c.row) {
-      EXPECT_TRUE(same(rd.get(), want.row_data, tag + " row_data"));
-      EXPECT_TRUE(same(rs.get(), want.row_scales, tag + " row_scales"));
-    }
-    if (c.col) {
-      EXPECT_TRUE(same(cd.get(), want.col_data, tag + " col_data"));
-      EXPECT_TRUE(same(cs.get(), want.col_scales, tag + " col_scales"));
-    }
+    Mxfp8Outputs o(want);
+    mxfp8_quantize(o.params(d_in.p, Shape3{E, N, K}, c.fmt, c.rnd, c.lay, c.row, c.col), nullptr);
+    expect_mxfp8_outputs(o, c.row, c.col, want, "mxfp8 " + mxfp8_config_name(c.fmt, c.rnd, c.lay, c.row, c.col));
   }
   const int64_t M = E * N;  // the same data as one 2-D (6336 x 2080) matrix
   for (Nvfp4Block blk : {Nvfp4Block::k1x16, Nvfp4Block::k16x16}) {
@@ -1001,38 +961,17 @@ TEST(QuantGpu, TileKernelsWithSeveralTilesPerBlock) {
     Dev<float> d_given(std::vector<float>{given});
     const auto want = ref::nvfp4_quantize(x, M, K, blk, lay, &given);
     const std::string tag = std::string("nvfp4 ") + (blk == Nvfp4Block::k1x16 ? "1x16 " : "16x16 ") + scale_layout_name(lay);
-    Dev<uint8_t> out(want.data.size()), sc(want.scales.size());
-    Dev<float> sinv(1);
-    Nvfp4QuantizeParams p;
-    p.input = d_in.p;
-    p.rows = M;
-    p.cols = K;
-    p.block = blk;
-    p.scale_layout = lay;
-    p.output = out.p;
-    p.block_scales = sc.p;
-    p.global_amax_in = d_given.p;
-    p.global_scale_inv = sinv.p;
-    nvfp4_quantize(p, nullptr);
-    EXPECT_TRUE(same(out.get(), want.data, tag + " data"));
-    EXPECT_TRUE(same(sc.get(), want.scales, tag + " scales"));
+    Nvfp4Outputs o(want);
+    nvfp4_quantize(o.params(d_in.p, M, K, blk, lay, d_given.p), nullptr);
+    EXPECT_TRUE(same(o.out.get(), want.data, tag + " data"));
+    EXPECT_TRUE(same(o.sc.get(), want.scales, tag + " scales"));
   }
   for (Fp8Scaling sc : {Fp8Scaling::kBlock1x128, Fp8Scaling::kBlock128x128}) {
     const auto want = ref::fp8_quantize(x, M, K, Fp8Format::kE4M3, sc, false, 0, nullptr);
-    const std::string tag = std::string("fp8 ") + fp8_scaling_name(sc);
     Dev<uint8_t> out(want.data.size());
     Dev<float> scale(want.scale_inv.size(), 0);
-    Fp8QuantizeParams p;
-    p.input = d_in.p;
-    p.rows = M;
-    p.cols = K;
-    p.format = Fp8Format::kE4M3;
-    p.scaling = sc;
-    p.output = out.p;
-    p.scale_inv = scale.p;
-    fp8_quantize(p, nullptr);
-    EXPECT_TRUE(same(out.get(), want.data, tag + " data"));
-    EXPECT_TRUE(same(scale.get(), want.scale_inv, tag + " scale_inv"));
+    fp8_quantize(fp8_params(d_in.p, M, K, Fp8Format::kE4M3, sc, out.p, scale.p), nullptr);
+    expect_fp8_outputs(out, scale, nullptr, want, std::string("fp8 ") + fp8_scaling_name(sc));  // no amax: block scales
   }
 }
 
@@ -1071,26 +1010,13 @@ TEST(QuantGpu, Fp8QuantizeMatchesReference) {
             Dev<float> scale(want.scale_inv.size(), 0);
             Dev<float> amax_out(std::max<size_t>(1, static_cast<size_t>(c.cols)), 0xcd);
             Dev<float> amax_in(std::vector<float>{given_amax});
-            Fp8QuantizeParams p;
-            p.input = d_in.p;
-            p.rows = c.rows;
-            p.cols = c.cols;
-            p.format = fmt;
-            p.scaling = sc;
+            Fp8QuantizeParams p = fp8_params(d_in.p, c.rows, c.cols, fmt, sc, out.p, scale.p);
             p.pow2_scales = pow2;
-            p.output = out.p;
-            p.scale_inv = scale.p;
             p.scale_ld = ld;
             if (use_given) p.amax_in = amax_in.p;
             if (sc == Fp8Scaling::kTensorwise || sc == Fp8Scaling::kColwise) p.amax_out = amax_out.p;
             fp8_quantize(p, nullptr);
-            EXPECT_TRUE(same(out.get(), want.data, tag + " data"));
-            EXPECT_TRUE(same(scale.get(), want.scale_inv, tag + " scale_inv"));
-            if (!want.amax.empty()) {
-              auto got = amax_out.get();
-              got.resize(want.amax.size());
-              EXPECT_TRUE(same(got, want.amax, tag + " amax"));
-            }
+            expect_fp8_outputs(out, scale, &amax_out, want, tag);
           }
   }
 }
@@ -1110,24 +1036,11 @@ TEST(QuantGpu, Fp8DequantizeMatchesReference) {
     scales[0] = std::ldexp(1.0f, -140);  // subnormal scale
     Dev<float> d_s(scales);
     for (Fp8Format fmt : {Fp8Format::kE4M3, Fp8Format::kE5M2})
-      for (DType dt : {DType::kBFloat16, DType::kFloat32}) {
-        Dev<uint8_t> out(static_cast<size_t>(rows * cols) * dtype_size(dt));
-        Fp8DequantizeParams p;
-        p.input = d_q.p;
-        p.rows = rows;
-        p.cols = cols;
-        p.format = fmt;
-        p.scaling = sc;
-        p.scale_inv = d_s.p;
-        p.scale_ld = ld;
-        p.output = out.p;
-        p.output_dtype = dt;
-        fp8_dequantize(p, nullptr);
-        const auto want = ref::fp8_dequantize(q, rows, cols, fmt, sc, scales, ld, dt);
-        EXPECT_TRUE(same(download_out(out.p, q.size(), dt), want,
-                         std::string("fp8 dequant ") + fp8_scaling_name(sc) + " " + fp8_format_name(fmt) + " " +
-                             dtype_name(dt)));
-      }
+      for (DType dt : {DType::kBFloat16, DType::kFloat32})
+        check_dequant(fp8_dequantize, fp8_dequant_params(d_q.p, rows, cols, fmt, sc, d_s.p, ld, nullptr, dt), q.size(),
+                      ref::fp8_dequantize(q, rows, cols, fmt, sc, scales, ld, dt),
+                      std::string("fp8 dequant ") + fp8_scaling_name(sc) + " " + fp8_format_name(fmt) + " " +
+                          dtype_name(dt));
   }
 }
 
@@ -1154,24 +1067,9 @@ TEST(QuantGpu, Nvfp4QuantizeMatchesReference) {
         const std::string tag = std::to_string(c.rows) + "x" + std::to_string(c.cols) +
                                 (blk == Nvfp4Block::k1x16 ? " 1x16 " : " 16x16 ") + scale_layout_name(lay) +
                                 (c.nonfinite ? " nonfinite" : "") + (c.given_amax ? " given-amax" : "");
-        Dev<uint8_t> out(want.data.size()), sc(want.scales.size());
-        Dev<float> amax_out(1), sinv(1);
-        Nvfp4QuantizeParams p;
-        p.input = d_in.p;
-        p.rows = c.rows;
-        p.cols = c.cols;
-        p.block = blk;
-        p.scale_layout = lay;
-        p.output = out.p;
-        p.block_scales = sc.p;
-        if (c.given_amax) p.global_amax_in = d_given.p;
-        else p.global_amax_out = amax_out.p;
-        p.global_scale_inv = sinv.p;
-        nvfp4_quantize(p, nullptr);
-        EXPECT_TRUE(same(out.get(), want.data, tag + " data"));
-        EXPECT_TRUE(same(sc.get(), want.scales, tag + " scales"));
-        EXPECT_TRUE(same(sinv.get(), std::vector<float>{want.global_scale_inv}, tag + " global_scale_inv"));
-        if (!c.given_amax) EXPECT_TRUE(same(amax_out.get(), std::vector<float>{want.amax}, tag + " amax"));
+        Nvfp4Outputs o(want);
+        nvfp4_quantize(o.params(d_in.p, c.rows, c.cols, blk, lay, c.given_amax ? d_given.p : nullptr), nullptr);
+        expect_nvfp4_outputs(o, c.given_amax, want, tag);
       }
   }
 }
@@ -1188,22 +1086,10 @@ TEST(QuantGpu, Nvfp4DequantizeMatchesReference) {
     // Inf / NaN / overflowing global scales exercise the kernel's "no NaN possible" fast path decision.
     for (float g : {1.0f, 0.0123f, std::ldexp(1.0f, -130), INFINITY, NAN, 3.0e38f}) {
       Dev<float> d_g(std::vector<float>{g});
-      for (DType dt : {DType::kBFloat16, DType::kFloat32}) {
-        Dev<uint8_t> out(static_cast<size_t>(rows * cols) * dtype_size(dt));
-        Nvfp4DequantizeParams p;
-        p.input = d_q.p;
-        p.block_scales = d_sc.p;
-        p.global_scale_inv = d_g.p;
-        p.rows = rows;
-        p.cols = cols;
-        p.scale_layout = lay;
-        p.output = out.p;
-        p.output_dtype = dt;
-        nvfp4_dequantize(p, nullptr);
-        const auto want = ref::nvfp4_dequantize(q, sc, g, rows, cols, lay, dt);
-        EXPECT_TRUE(same(download_out(out.p, static_cast<size_t>(rows * cols), dt), want,
-                         std::string("nvfp4 dequant ") + scale_layout_name(lay) + " " + dtype_name(dt)));
-      }
+      for (DType dt : {DType::kBFloat16, DType::kFloat32})
+        check_dequant(nvfp4_dequantize, nvfp4_dequant_params(d_q.p, d_sc.p, d_g.p, rows, cols, lay, nullptr, dt),
+                      static_cast<size_t>(rows * cols), ref::nvfp4_dequantize(q, sc, g, rows, cols, lay, dt),
+                      std::string("nvfp4 dequant ") + scale_layout_name(lay) + " " + dtype_name(dt));
     }
   }
 }
@@ -1236,21 +1122,9 @@ TEST(QuantGpu, CudaGraphCaptureAndReplay) {
   Dev<float> fs(1), famax(1);
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  Mxfp8QuantizeParams p;
-  p.input = d_in.p;
-  p.experts = s.e;
-  p.rows = s.n;
-  p.cols = s.k;
-  p.scale_layout = ScaleLayout::kSwizzled128x4;
-  p.col_data = cd.p;
-  p.col_scales = cs.p;
-  Fp8QuantizeParams f;
-  f.input = d_in.p;
-  f.rows = s.e * s.n;
-  f.cols = s.k;
-  f.scaling = Fp8Scaling::kTensorwise;
-  f.output = fq.p;
-  f.scale_inv = fs.p;
+  const Mxfp8QuantizeParams p = mxfp8_params(d_in.p, s, Fp8Format::kE4M3, E8M0Rounding::kRceil,
+                                             ScaleLayout::kSwizzled128x4, false, true, nullptr, nullptr, cd.p, cs.p);
+  Fp8QuantizeParams f = fp8_params(d_in.p, s.e * s.n, s.k, Fp8Format::kE4M3, Fp8Scaling::kTensorwise, fq.p, fs.p);
   f.amax_out = famax.p;
   cudaGraph_t g;
   cudaGraphExec_t ge;
@@ -1352,8 +1226,7 @@ TEST(QuantGpu, CudaGraphEveryOp) {
 TEST(QuantGpu, Fp8QuantizeDeterministicEdgeGroups) {
   const auto all = edge_kinds(true, true), finite = edge_kinds(false, false);
   const int64_t combos = static_cast<int64_t>(all.size() * kEdgeExps.size());
-  int n = 0;
-  auto dq = [&n] { return (n++ & 1) ? DType::kFloat32 : DType::kBFloat16; };
+  AlternatingDType dq;
   // Group counts: rowwise 72 rows, colwise 72 columns and 1x128 80 blocks hold every kind with every exponent;
   // 128x128 has 16 blocks, every kind once.
   ASSERT_GE(edge_groups(72, 200, 1, 200), combos);
@@ -1396,7 +1269,7 @@ TEST(QuantGpu, Fp8QuantizeDeterministicEdgeGroups) {
 TEST(QuantGpu, Mxfp8DeterministicEdgeGroups) {
   const auto all = edge_kinds(true, true);
   const int64_t combos = static_cast<int64_t>(all.size() * kEdgeExps.size());
-  int n = 0;
+  AlternatingDType dq;
   // 2-D with partial row and column tiles, and 3-D; the input cut into rowwise (1x32) groups, then into colwise
   // (32x1) groups. Every output selection is checked on both (check_mxfp8).
   for (const Shape3& s : {Shape3{1, 160, 224}, Shape3{3, 96, 160}})
@@ -1408,8 +1281,7 @@ TEST(QuantGpu, Mxfp8DeterministicEdgeGroups) {
       for (Fp8Format fmt : {Fp8Format::kE4M3, Fp8Format::kE5M2})
         for (E8M0Rounding rnd : {E8M0Rounding::kFloor, E8M0Rounding::kRceil})
           for (ScaleLayout lay : {ScaleLayout::kLinear, ScaleLayout::kSwizzled128x4})
-            check_mxfp8(d_in, x, s, fmt, rnd, lay, (n++ & 1) ? DType::kFloat32 : DType::kBFloat16,
-                        orient == 0 ? "1x32 groups" : "32x1 groups");
+            check_mxfp8(d_in, x, s, fmt, rnd, lay, dq(), orient == 0 ? "1x32 groups" : "32x1 groups");
     }
 }
 
@@ -1425,8 +1297,7 @@ TEST(QuantGpu, Nvfp4DeterministicEdgeGroups) {
                                     {"finite", edge_kinds(false, false), false},
                                     {"moderate", edge_kinds(false, false, false), true}};
   const int64_t R = 208, C = 240;  // partial row and column tiles; 13 x 15 blocks of 16x16
-  int n = 0;
-  auto dq = [&n] { return (n++ & 1) ? DType::kFloat32 : DType::kBFloat16; };
+  AlternatingDType dq;
   for (Nvfp4Block blk : {Nvfp4Block::k1x16, Nvfp4Block::k16x16}) {
     const int64_t gr = blk == Nvfp4Block::k1x16 ? 1 : 16;
     for (const Mixed& m : mixed) {
@@ -1454,8 +1325,7 @@ TEST(QuantGpu, Nvfp4DeterministicEdgeGroups) {
 // ---- shapes at the edge of what each op accepts (src/quantize/validate.cpp) -----------------------------------------
 TEST(QuantGpu, Mxfp8AcceptedOddShapes) {
   const auto all = edge_kinds(true, true);
-  int n = 0;
-  auto dq = [&n] { return (n++ & 1) ? DType::kFloat32 : DType::kBFloat16; };
+  AlternatingDType dq;
   // Colwise only: cols need only be a multiple of 8 (check_mxfp8 runs colwise only: K % 32 != 0).
   for (const Shape3& s : {Shape3{2, 96, 72}, Shape3{1, 64, 200}, Shape3{3, 32, 8}}) {
     const auto x = edge_tensor(s.e * s.n, s.k, 32, 1, all, kEdgeExps);
@@ -1487,25 +1357,12 @@ TEST(QuantGpu, Mxfp8AcceptedOddShapes) {
                                        7100 + static_cast<uint64_t>(s.k));
       Dev<uint8_t> d_sc(scales);
       for (Fp8Format fmt : {Fp8Format::kE4M3, Fp8Format::kE5M2})
-        for (DType dt : {DType::kBFloat16, DType::kFloat32}) {
-          Dev<uint8_t> out(nel * dtype_size(dt));
-          Mxfp8DequantizeParams p;
-          p.data = d_data.p;
-          p.scales = d_sc.p;
-          p.axis = Mxfp8Axis::kColwise;
-          p.experts = s.e;
-          p.rows = s.n;
-          p.cols = s.k;
-          p.format = fmt;
-          p.scale_layout = lay;
-          p.output = out.p;
-          p.output_dtype = dt;
-          mxfp8_dequantize(p, nullptr);
-          EXPECT_TRUE(same(download_out(out.p, nel, dt),
-                           ref::mxfp8_dequantize(data, scales, Mxfp8Axis::kColwise, s.e, s.n, s.k, fmt, lay, dt),
-                           "mxfp8 col dequant " + shape_tag(s) + " " + scale_layout_name(lay) + " " +
-                               fp8_format_name(fmt) + " " + dtype_name(dt)));
-        }
+        for (DType dt : {DType::kBFloat16, DType::kFloat32})
+          check_dequant(mxfp8_dequantize,
+                        mxfp8_dequant_params(d_data.p, d_sc.p, Mxfp8Axis::kColwise, s, fmt, lay, nullptr, dt), nel,
+                        ref::mxfp8_dequantize(data, scales, Mxfp8Axis::kColwise, s.e, s.n, s.k, fmt, lay, dt),
+                        "mxfp8 col dequant " + shape_tag(s) + " " + scale_layout_name(lay) + " " +
+                            fp8_format_name(fmt) + " " + dtype_name(dt));
     }
   }
 }
@@ -1518,8 +1375,7 @@ TEST(QuantGpu, Nvfp4AcceptedOddShapes) {
     Nvfp4Block blk;
   };
   const auto moderate = edge_kinds(false, false, false), all = edge_kinds(true, true);
-  int n = 0;
-  auto dq = [&n] { return (n++ & 1) ? DType::kFloat32 : DType::kBFloat16; };
+  AlternatingDType dq;
   const float given = 8.0f;
   const Nvfp4Block b1 = Nvfp4Block::k1x16, b16 = Nvfp4Block::k16x16;
   for (const Case& c : {Case{1, 48, b1}, Case{37, 48, b1}, Case{37, 80, b1}, Case{130, 80, b1}, Case{16, 48, b16},
@@ -1543,8 +1399,7 @@ TEST(QuantGpu, Fp8QuantizeAcceptedOddShapes) {
   const std::vector<int> kinds = {kEdgeFp8Max,   kEdgeTies, kEdgeEqual,     kEdgePow2,
                                   kEdgeSaturate, kEdgeZero, kEdgeSubnormal, kEdgeMinSubnormal};
   const std::vector<int> exps = {0, -3, 5};
-  int n = 0;
-  auto dq = [&n] { return (n++ & 1) ? DType::kFloat32 : DType::kBFloat16; };
+  AlternatingDType dq;
   for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{1, 8}, {129, 8}, {130, 136}, {2, 1160}}) {
     const auto x = edge_tensor(rows, cols, 1, 8, kinds, exps);
     for (Fp8Scaling sc : {Fp8Scaling::kTensorwise, Fp8Scaling::kRowwise, Fp8Scaling::kColwise, Fp8Scaling::kBlock1x128,
@@ -1562,21 +1417,12 @@ TEST(QuantGpu, RejectedShapesThrowNamingTheDim) {
   Dev<uint16_t> in(64 * 256);
   Dev<uint8_t> o1(64 * 256 * 4), o2(64 * 256 * 4), s1(8192), s2(8192);
   Dev<float> f1(256), f2(256);
+  // Format, rounding, layouts and output types: the header's defaults.
+  const Fp8Format e4 = Fp8Format::kE4M3;
+  const ScaleLayout lin = ScaleLayout::kLinear;
+  const DType b16 = DType::kBFloat16;
   auto mx = [&](int64_t e, int64_t rows, int64_t cols, bool row, bool col) {
-    Mxfp8QuantizeParams p;
-    p.input = in.p;
-    p.experts = e;
-    p.rows = rows;
-    p.cols = cols;
-    if (row) {
-      p.row_data = o1.p;
-      p.row_scales = s1.p;
-    }
-    if (col) {
-      p.col_data = o2.p;
-      p.col_scales = s2.p;
-    }
-    return p;
+    return mxfp8_params(in.p, Shape3{e, rows, cols}, e4, E8M0Rounding::kRceil, lin, row, col, o1.p, s1.p, o2.p, s2.p);
   };
   expect_dim_error([&] { mxfp8_quantize(mx(1, 64, 20, false, true), nullptr); }, "cols", "mxfp8 colwise cols 20");
   expect_dim_error([&] { mxfp8_quantize(mx(1, 48, 64, false, true), nullptr); }, "rows", "mxfp8 colwise rows 48");
@@ -1585,63 +1431,27 @@ TEST(QuantGpu, RejectedShapesThrowNamingTheDim) {
   expect_dim_error([&] { mxfp8_quantize(mx(1, 64, 72, true, true), nullptr); }, "cols",
                    "mxfp8 rowwise+colwise cols 72 (colwise alone accepts it)");
   auto mxd = [&](Mxfp8Axis axis, int64_t rows, int64_t cols) {
-    Mxfp8DequantizeParams p;
-    p.data = o1.p;
-    p.scales = s1.p;
-    p.axis = axis;
-    p.rows = rows;
-    p.cols = cols;
-    p.output = o2.p;
-    return p;
+    return mxfp8_dequant_params(o1.p, s1.p, axis, Shape3{1, rows, cols}, e4, lin, o2.p, b16);
   };
   expect_dim_error([&] { mxfp8_dequantize(mxd(Mxfp8Axis::kRowwise, 64, 72), nullptr); }, "cols",
                    "mxfp8 row dequant cols 72");
   expect_dim_error([&] { mxfp8_dequantize(mxd(Mxfp8Axis::kColwise, 48, 64), nullptr); }, "rows",
                    "mxfp8 col dequant rows 48");
   auto nv = [&](Nvfp4Block blk, int64_t rows, int64_t cols) {
-    Nvfp4QuantizeParams p;
-    p.input = in.p;
-    p.rows = rows;
-    p.cols = cols;
-    p.block = blk;
-    p.output = o1.p;
-    p.block_scales = s1.p;
-    p.global_amax_out = f1.p;
-    p.global_scale_inv = f2.p;
-    return p;
+    return nvfp4_params(in.p, rows, cols, blk, lin, o1.p, s1.p, nullptr, f1.p, f2.p);
   };
   expect_dim_error([&] { nvfp4_quantize(nv(Nvfp4Block::k16x16, 40, 64), nullptr); }, "rows", "nvfp4 16x16 rows 40");
   expect_dim_error([&] { nvfp4_quantize(nv(Nvfp4Block::k1x16, 40, 24), nullptr); }, "cols", "nvfp4 1x16 cols 24");
   expect_dim_error([&] { nvfp4_quantize(nv(Nvfp4Block::k16x16, 32, 24), nullptr); }, "cols", "nvfp4 16x16 cols 24");
-  {
-    Nvfp4DequantizeParams p;
-    p.input = o1.p;
-    p.block_scales = s1.p;
-    p.global_scale_inv = f2.p;
-    p.rows = 32;
-    p.cols = 24;
-    p.output = o2.p;
-    expect_dim_error([&] { nvfp4_dequantize(p, nullptr); }, "cols", "nvfp4 dequant cols 24");
-  }
+  expect_dim_error([&] { nvfp4_dequantize(nvfp4_dequant_params(o1.p, s1.p, f2.p, 32, 24, lin, o2.p, b16), nullptr); },
+                   "cols", "nvfp4 dequant cols 24");
   for (Fp8Scaling sc : {Fp8Scaling::kTensorwise, Fp8Scaling::kRowwise, Fp8Scaling::kColwise, Fp8Scaling::kBlock1x128,
                         Fp8Scaling::kBlock128x128}) {
-    Fp8QuantizeParams p;
-    p.input = in.p;
-    p.rows = 64;
-    p.cols = 12;
-    p.scaling = sc;
-    p.output = o1.p;
-    p.scale_inv = f1.p;
+    Fp8QuantizeParams p = fp8_params(in.p, 64, 12, e4, sc, o1.p, f1.p);
     p.amax_out = f2.p;
     expect_dim_error([&] { fp8_quantize(p, nullptr); }, "cols",
                      std::string("fp8 ") + fp8_scaling_name(sc) + " cols 12");
-    Fp8DequantizeParams d;
-    d.input = o1.p;
-    d.rows = 64;
-    d.cols = 12;
-    d.scaling = sc;
-    d.scale_inv = f1.p;
-    d.output = o2.p;
+    const Fp8DequantizeParams d = fp8_dequant_params(o1.p, 64, 12, e4, sc, f1.p, 0, o2.p, b16);
     expect_dim_error([&] { fp8_dequantize(d, nullptr); }, "cols",
                      std::string("fp8 dequant ") + fp8_scaling_name(sc) + " cols 12");
   }
