@@ -60,13 +60,7 @@ struct Quantized {
 
 // Quantizes on the GPU (bit-exact with the CPU reference, tested elsewhere) and returns data + scales.
 Quantized quantize(const uint16_t* d_in, int64_t rows, Fp8Scaling scaling, uint8_t* d_q, float* d_s, float* d_amax) {
-  Fp8QuantizeParams p;
-  p.input = d_in;
-  p.rows = rows;
-  p.cols = K;
-  p.scaling = scaling;
-  p.output = d_q;
-  p.scale_inv = d_s;
+  Fp8QuantizeParams p = test_params::fp8_params(d_in, rows, K, Fp8Format::kE4M3, scaling, d_q, d_s);
   p.amax_out = d_amax;
   fp8_quantize(p, nullptr);
   cudaDeviceSynchronize();

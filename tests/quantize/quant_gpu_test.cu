@@ -26,6 +26,7 @@
 
 #include "common/test_util.h"
 #include "quantize/quant_ref.h"
+#include "quantize/quant_test_params.h"
 #include "tpcomm/error.h"
 #include "tpcomm/quantize.h"
 
@@ -278,18 +279,7 @@ std::string shape_tag(const Shape3& s) {
 // ---- call parameters, output comparisons, dequantize checks -------------------------------------------------------
 // The *_params builders set the fields that every call of that op in this file sets; the other fields keep the
 // header's defaults (FP8 callers set pow2_scales, scale_ld, amax_in and amax_out themselves).
-Fp8QuantizeParams fp8_params(const void* in, int64_t rows, int64_t cols, Fp8Format fmt, Fp8Scaling sc, void* out,
-                             float* scale_inv) {
-  Fp8QuantizeParams p;
-  p.input = in;
-  p.rows = rows;
-  p.cols = cols;
-  p.format = fmt;
-  p.scaling = sc;
-  p.output = out;
-  p.scale_inv = scale_inv;
-  return p;
-}
+using test_params::fp8_params;  // quant_test_params.h
 
 // The rowwise outputs are set when row, the colwise ones when col; the others stay null.
 Mxfp8QuantizeParams mxfp8_params(const void* in, const Shape3& s, Fp8Format fmt, E8M0Rounding rnd, ScaleLayout lay,
