@@ -416,6 +416,25 @@ struct ColStripThread {
     }
     asm volatile("cp.async.commit_group;" ::: "memory");
   }
+  // The transposed-output layout (kT): slot of (row i, chunk c) = (i * kChunks + c) ^ ((i / 16) & 7), an XOR
+  // inside each 128-byte line, so that 8 lanes reading one chunk of 8 consecutive 16-row groups hit 8 different
+  // 16-byte bank groups. `base`: the start of s_data.
+  __device__ __forceinline__ static int swz(int i, int c) { return (i * kChunks + c) ^ ((i >> 4) & 7); }
+  __device__ __forceinline__ void issue_swz(const uint16_t* in, int64_t cols, int64_t col, bool col_ok,
+                                            const uint4* base) const {
+    if (col_ok) {
+      const uint16_t* src = in + (r0 + i_smem) * cols + col;
+      const uint32_t sa = static_cast<uint32_t>(__cvta_generic_to_shared(base));
+      for (int i = i_smem; i < nr; i += kRowsPerStep, src += step) cp_async16(sa + 16u * swz(i, chunk), src, 16u);
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+  }
+  __device__ __forceinline__ uint4 fold_swz(const uint4* base) const {
+    uint4 a = make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll 8
+    for (int i = i_smem; i < nr; i += kRowsPerStep) a = max_u16x8(a, abs_u16x8(base[swz(i, chunk)]));
+    return a;
+  }
   // amax over this thread's slots.
   __device__ __forceinline__ uint4 fold(const uint4* slots) const {
     uint4 a = make_uint4(0u, 0u, 0u, 0u);
@@ -504,11 +523,11 @@ __device__ __forceinline__ void load_qs8(const float* s_qs, int chunk, float (&q
 // kRegs: a thread's first kRegs rows stay in registers (4 KiB per block per row), the rest in shared memory, so a
 // block holds the same data in 48 instead of 64 KiB of shared memory and four blocks fit an SM instead of three;
 // built for four blocks per SM with kRegs > 0 (<= 64 registers), else three.
-// kT: transposed output (rows_per_block % 16 == 0, kRegs == 0): after the scales, the cast reads the block's
-// strip from shared memory in 16-row x 8-column pieces (any thread may read any slot after the __syncthreads of
-// step 3): lane = piece-row-group-in-warp * kW/8 + chunk, so each 8-lane phase of a 16-byte shared load reads one
-// 128-byte row segment (conflict-free for kW >= 64), and for each column a warp stores 32 / (kW/8) consecutive
-// 16-byte pieces of its output row.
+// kT: transposed output (rows_per_block % 16 == 0, kRegs == 0): the strip is stored swizzled (issue_swz), and
+// after the scales the cast reads it in 16-row x 8-column pieces (any thread may read any slot after the
+// __syncthreads of step 3), 8 consecutive pieces of one chunk per 8 lanes, so a warp's stores for one column
+// are 128-byte runs. (The unswizzled form, lane = row group * kW/8 + chunk, stored 64-byte runs at W = 64 and
+// measured 4-7% slower: bench/NOTES.md session 10.)
 template <int kFmt, int kW, int kRegs, bool kT = false>
 __global__ void __launch_bounds__(kColClusterThreads, kRegs > 0 ? 4 : 3)
     fp8_colwise_cluster_kernel(const __grid_constant__ Fp8ColClusterParams p) {
@@ -546,9 +565,16 @@ __global__ void __launch_bounds__(kColClusterThreads, kRegs > 0 ? 4 : 3)
       reg[u] = (col_ok && th.r_first + u * S::kRowsPerStep < th.nr) ? ld_stream(src + u * th.step)
                                                                      : make_uint4(0u, 0u, 0u, 0u);
   }
-  th.issue(p.in, p.cols, col, col_ok, slots);
-  asm volatile("cp.async.wait_group 0;" ::: "memory");
-  uint4 a = col_ok ? th.fold(slots) : make_uint4(0u, 0u, 0u, 0u);
+  uint4 a;
+  if constexpr (kT) {
+    th.issue_swz(p.in, p.cols, col, col_ok, s_data);
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+    a = col_ok ? th.fold_swz(s_data) : make_uint4(0u, 0u, 0u, 0u);
+  } else {
+    th.issue(p.in, p.cols, col, col_ok, slots);
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+    a = col_ok ? th.fold(slots) : make_uint4(0u, 0u, 0u, 0u);
+  }
   if constexpr (kRegs > 0) {
 #pragma unroll
     for (int u = 0; u < kRegs; ++u) a = max_u16x8(a, abs_u16x8(reg[u]));  // rows past the end hold +0
@@ -567,20 +593,23 @@ __global__ void __launch_bounds__(kColClusterThreads, kRegs > 0 ? 4 : 3)
   }
   __syncthreads();
   if constexpr (kT) {
-    // 4T. Transposed cast of the block's rows from shared memory.
-    constexpr int kGroupsPerWarp = 32 / kChunks;
-    const int lane = t & 31, c = lane % kChunks;
-    const int64_t colc = strip_col0 + c * 8;
-    if (colc < p.cols) {
+    // 4T. Transposed cast of the block's rows from the swizzled strip: a warp takes 8 consecutive 16-row groups
+    // (lane & 7) x 4 chunks (lane >> 3), so for each column it stores 128 contiguous bytes (8 groups x 16 rows)
+    // per chunk, and each 8-lane phase of a 16-byte shared load reads one chunk of 8 groups: 8 different bank
+    // groups through the swizzle (issue_swz).
+    constexpr int kCw = 4, kParts = kChunks / kCw;
+    const int lane = t & 31, gw = lane & 7, cl = lane >> 3;
+    const int ngroups = (th.nr + 15) / 16;
+    const int nitems = (ngroups + 7) / 8 * kParts;
+    for (int item = t >> 5; item < nitems; item += kColClusterThreads / 32) {
+      const int g = item / kParts * 8 + gw, c = item % kParts * kCw + cl;
+      const int64_t colc = strip_col0 + c * 8;
+      if (g >= ngroups || colc >= p.cols) continue;
       float qs[8];
       load_qs8(s_qs, c, qs);
-      const int ngroups = (th.nr + 15) / 16;
-      for (int g = (t >> 5) * kGroupsPerWarp + lane / kChunks; g < ngroups;
-           g += (kColClusterThreads / 32) * kGroupsPerWarp) {
-        const int n = min(16, th.nr - 16 * g);
-        const uint4* src = s_data + 16 * g * kChunks + c;
-        cast_cols_transposed16<kFmt>([&](int i) { return src[i * kChunks]; }, qs, p.out, p.rows, colc, th.r0 + 16 * g, n);
-      }
+      const int n = min(16, th.nr - 16 * g);
+      cast_cols_transposed16<kFmt>([&](int i) { return s_data[S::swz(16 * g + i, c)]; }, qs, p.out, p.rows, colc,
+                                   th.r0 + 16 * g, n);
     }
     return;
   }
