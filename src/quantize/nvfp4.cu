@@ -1,5 +1,5 @@
 // NVFP4 quantize launcher: optional global-amax pass, then the warp-window kernel (1x16, linear scales) or the
-// 128x128 tile kernel (16x16 blocks, swizzled scales).
+// 128x128 tile kernel (16x16 blocks, 1x16 with swizzled scales), persistent for 16x16 on large tensors.
 #include <cstdint>
 
 #include "common/check.h"
@@ -67,6 +67,29 @@ void nvfp4_quantize(const Nvfp4QuantizeParams& p, cudaStream_t stream) {
       {{nvfp4_quantize_kernel<true, 16, false>, nvfp4_quantize_kernel<true, 16, true>},
        {nvfp4_quantize_kernel<true, 8, false>, nvfp4_quantize_kernel<true, 8, true>}}};
   const unsigned threads = static_cast<unsigned>(r8 ? TileMap<8>::kThreads : TileMap<16>::kThreads);
+  // 16x16 on tensors of more than two waves of tiles: the persistent, pipelined form (tile.cuh: each block
+  // prefetches its next tile while it converts this one), 8 rows x 256 threads unless TPCOMM_QUANT_TILE_ROWS says
+  // otherwise; TPCOMM_QUANT_ONE_TILE_PER_BLOCK=1 keeps one tile per block (A/B switch). Measured (nvidia-h200,
+  // graph us, bench/NOTES.md session 10): 8192x8192 50.6 -> 48.5, 16384x7168 86.2 -> 83.1, 4096x14336 44.4 -> 43.6;
+  // 2048x5120 (640 tiles, 1.2 waves) 9.7 -> 12.2 persistent, so short grids keep one tile per block.
+  if (b16 && !one_tile_per_block()) {
+    kp.divs = TileDivs(kp.col_tiles, (p.rows + kTileRows - 1) / kTileRows);
+    kp.tiles = tiles;
+    const bool pr8 = tile_rows(8) == 8;
+    using PKernel = void (*)(Nvfp4KernelParams);
+    const PKernel pk = pr8 ? (full ? nvfp4_quantize_persistent_kernel<8, true> : nvfp4_quantize_persistent_kernel<8, false>)
+                           : (full ? nvfp4_quantize_persistent_kernel<16, true> : nvfp4_quantize_persistent_kernel<16, false>);
+    const int per_sm = pr8 ? (full ? persistent_blocks_per_sm<nvfp4_quantize_persistent_kernel<8, true>, 256>()
+                                   : persistent_blocks_per_sm<nvfp4_quantize_persistent_kernel<8, false>, 256>())
+                           : (full ? persistent_blocks_per_sm<nvfp4_quantize_persistent_kernel<16, true>, 128>()
+                                   : persistent_blocks_per_sm<nvfp4_quantize_persistent_kernel<16, false>, 128>());
+    const int64_t resident = int64_t(per_sm) * sm_count();
+    if (tiles > 2 * resident) {
+      ::tpcomm::detail::launch_kernel(pk, static_cast<unsigned>(resident), pr8 ? 256u : 128u, kStageBytes, stream, kp);
+      TPCOMM_CUDA_CHECK(cudaGetLastError());
+      return;
+    }
+  }
   launch_kernel(table[b16][r8][full], grid, threads, 0, stream, kp);
   TPCOMM_CUDA_CHECK(cudaGetLastError());
 }

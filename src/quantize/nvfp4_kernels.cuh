@@ -22,26 +22,16 @@ struct Nvfp4KernelParams {
   float* global_scale_inv;  // may be null
   bool swizzled;
   uint32_t e2m1_m512;  // 512, from the host (quant8_e2m1)
+  TileDivs divs;       // persistent form: (column tiles, row tiles) and their product
+  int64_t tiles;
 };
 
-// Register caps (__launch_bounds__ minimum blocks): kR = 16: 5 blocks of 128 threads (<= 102 registers, 96 used);
-// kR = 8: 4 blocks of 256 (<= 64).
+// One 128 x 128 tile whose bf16 the thread holds in x (tile.cuh layout). s_enc_over6 / s_dec: the global scale.
 template <bool k16x16, int kR, bool kFull>
-__global__ void __launch_bounds__(TileMap<kR>::kThreads, kR == 16 ? 5 : 4)
-    nvfp4_quantize_kernel(const __grid_constant__ Nvfp4KernelParams p) {
-  ::tpcomm::detail::pdl_prologue();
+__device__ __forceinline__ void nvfp4_tile(const Nvfp4KernelParams& p, const TileCoord& t, const uint4 (&x)[kR],
+                                           float s_enc_over6, float s_dec) {
   const ThreadSlot s = thread_slot<kR>();
-  const TileCoord t = tile_coord(blockIdx.x, p.col_tiles, (p.rows + kTileRows - 1) / kTileRows);
   const int64_t N = p.rows, K = p.cols;
-
-  uint4 x[kR];
-  load_tile<kR, kFull>(p.in, N, K, t, s, x);
-
-  const float s_enc = nvfp4_global_encode_scale(*p.global_amax);
-  const float s_dec = __frcp_rn(s_enc);  // IEEE 1/x
-  const float s_enc_over6 = __fmul_rn(s_enc, 1.0f / 6.0f);
-  if (blockIdx.x == 0 && threadIdx.x == 0 && p.global_scale_inv != nullptr) *p.global_scale_inv = s_dec;
-
   __shared__ uint32_t s_sc[kTileRows * 2];  // [row][8 blocks of 16 columns] bytes
   uint8_t* sc_bytes = reinterpret_cast<uint8_t*>(s_sc);
   const int blk = s.c >> 1;  // 16-column block inside the tile
@@ -117,6 +107,38 @@ __global__ void __launch_bounds__(TileMap<kR>::kThreads, kR == 16 ? 5 : 4)
         if (kg0 + g < gk) dst[g] = sc_bytes[tid * 8 + g];
     }
   }
+}
+
+// Register caps (__launch_bounds__ minimum blocks): kR = 16: 5 blocks of 128 threads (<= 102 registers, 96 used);
+// kR = 8: 4 blocks of 256 (<= 64).
+template <bool k16x16, int kR, bool kFull>
+__global__ void __launch_bounds__(TileMap<kR>::kThreads, kR == 16 ? 5 : 4)
+    nvfp4_quantize_kernel(const __grid_constant__ Nvfp4KernelParams p) {
+  ::tpcomm::detail::pdl_prologue();
+  const TileCoord t = tile_coord(blockIdx.x, p.col_tiles, (p.rows + kTileRows - 1) / kTileRows);
+  uint4 x[kR];
+  load_tile<kR, kFull>(p.in, p.rows, p.cols, t, thread_slot<kR>(), x);
+  const float s_enc = nvfp4_global_encode_scale(*p.global_amax);
+  const float s_dec = __frcp_rn(s_enc);  // IEEE 1/x
+  if (blockIdx.x == 0 && threadIdx.x == 0 && p.global_scale_inv != nullptr) *p.global_scale_inv = s_dec;
+  nvfp4_tile<k16x16, kR, kFull>(p, t, x, __fmul_rn(s_enc, 1.0f / 6.0f), s_dec);
+}
+
+// 16x16, persistent and pipelined (tile.cuh): grid = resident blocks, each walks tiles with stride gridDim.x and
+// prefetches the next one (kStageBytes of dynamic shared memory) while it converts this one. The global scale is
+// computed once per block.
+template <int kR, bool kFull>
+__global__ void __launch_bounds__(TileMap<kR>::kThreads, kR == 16 ? 5 : 4)
+    nvfp4_quantize_persistent_kernel(const __grid_constant__ Nvfp4KernelParams p) {
+  ::tpcomm::detail::pdl_prologue();
+  const float s_enc = nvfp4_global_encode_scale(*p.global_amax);
+  const float s_dec = __frcp_rn(s_enc);  // IEEE 1/x
+  const float s_enc_over6 = __fmul_rn(s_enc, 1.0f / 6.0f);
+  if (blockIdx.x == 0 && threadIdx.x == 0 && p.global_scale_inv != nullptr) *p.global_scale_inv = s_dec;
+  for_each_tile_pipelined<kR, kFull>(p.in, p.rows, p.cols, p.divs, p.tiles,
+                                     [&](int64_t, const TileCoord& t, uint4(&x)[kR]) {
+                                       nvfp4_tile<true, kR, kFull>(p, t, x, s_enc_over6, s_dec);
+                                     });
 }
 
 }  // namespace tpcomm::quant::detail

@@ -17,7 +17,7 @@
 namespace tpcomm::quant::detail {
 
 // Measurement switch (A/B in bench/NOTES.md): TPCOMM_QUANT_ONE_TILE_PER_BLOCK=1 launches the one-tile-per-block
-// kernel where the persistent one is the default (MXFP8 rowwise + colwise). Read once.
+// kernel where the persistent one is the default (MXFP8 rowwise + colwise; NVFP4 16x16 beyond two waves). Read once.
 inline bool one_tile_per_block() {
   static const bool v = [] {
     const char* e = std::getenv("TPCOMM_QUANT_ONE_TILE_PER_BLOCK");

@@ -956,6 +956,23 @@ TEST(QuantGpu, TileKernelsWithSeveralTilesPerBlock) {
     EXPECT_TRUE(same(o.out.get(), want.data, tag + " data"));
     EXPECT_TRUE(same(o.sc.get(), want.scales, tag + " scales"));
   }
+  // NVFP4 16x16 switches to its persistent kernel beyond two waves of tiles (1056 tiles on an H200 with 8 rows per
+  // thread, 1320 with 16 under TPCOMM_QUANT_TILE_ROWS=16): a full-tile shape (40 x 36 tiles) and one with a partial
+  // row and column tile (rows a multiple of 16; 41 x 37 tiles).
+  for (const auto& [rows, cols] : {std::pair<int64_t, int64_t>{5120, 4608}, std::pair<int64_t, int64_t>{5136, 4624}}) {
+    const auto big = make_input(rows, cols, seed + 901, true, true);
+    Dev<uint16_t> d_big(big);
+    const float given = 1000.0f;
+    Dev<float> d_given(std::vector<float>{given});
+    for (ScaleLayout lay : {ScaleLayout::kLinear, ScaleLayout::kSwizzled128x4}) {
+      const auto want = ref::nvfp4_quantize(big, rows, cols, Nvfp4Block::k16x16, lay, &given);
+      const std::string tag = "nvfp4 16x16 " + std::to_string(rows) + "x" + std::to_string(cols) + " " + scale_layout_name(lay);
+      Nvfp4Outputs o(want);
+      nvfp4_quantize(o.params(d_big.p, rows, cols, Nvfp4Block::k16x16, lay, d_given.p), nullptr);
+      EXPECT_TRUE(same(o.out.get(), want.data, tag + " data"));
+      EXPECT_TRUE(same(o.sc.get(), want.scales, tag + " scales"));
+    }
+  }
   for (Fp8Scaling sc : {Fp8Scaling::kBlock1x128, Fp8Scaling::kBlock128x128}) {
     const auto want = ref::fp8_quantize(x, M, K, Fp8Format::kE4M3, sc, false, 0, nullptr);
     Dev<uint8_t> out(want.data.size());
