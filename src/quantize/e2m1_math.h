@@ -48,15 +48,21 @@ inline float e2m1_u2f(uint32_t u) {
 }
 
 // The rounded magnitude t of one element (see above; t>>23 = 149 + log2 p, t & 7 = its index in the binade run).
+// kClamp = false drops the min(., 6): only for elements with |x * s| < 7 in fp32 (finite). Then y in [6, 7) rounds
+// to 6 on the step-2 grid of its binade (7 itself would tie to 8), the code the clamped form gives; the kernels
+// take this form for a warp whose blocks all satisfy amax * s < 7 (one FMNMX less per element on the logic pipe,
+// which bounds the NVFP4 kernels; the |.| folds into the two consumers' operand modifiers).
+template <bool kClamp = true>
 TPCOMM_E2M1_HD uint32_t e2m1_rounded_bits(uint32_t xbits, float s) {
 #if defined(__CUDA_ARCH__)
-  const float y = fminf(fabsf(__fmul_rn(__uint_as_float(xbits), s)), 6.0f);
+  const float prod = fabsf(__fmul_rn(__uint_as_float(xbits), s));
+  const float y = kClamp ? fminf(prod, 6.0f) : prod;
   const float p = __uint_as_float(__float_as_uint(fmaxf(y, 1.0f)) & 0x7f800000u);
   return __float_as_uint(__fmaf_rn(p, 4194304.0f, y));  // = fl(2^22 p + y): 2^22 p is exact
 #else
   const float prod = e2m1_u2f(xbits) * s;
   const float ay = prod < 0.0f ? -prod : prod;
-  const float y = (ay <= 6.0f) ? ay : 6.0f;  // also NaN -> 6, as fminf
+  const float y = !kClamp ? ay : (ay <= 6.0f) ? ay : 6.0f;  // also NaN -> 6, as fminf
   const float p = e2m1_u2f(e2m1_f2u(y > 1.0f ? y : 1.0f) & 0x7f800000u);
   const float magic = p * 4194304.0f;  // exact
   return e2m1_f2u(magic + y);
@@ -64,8 +70,9 @@ TPCOMM_E2M1_HD uint32_t e2m1_rounded_bits(uint32_t xbits, float s) {
 }
 
 // code + 8*sign + kE2m1Bias of one element: the reference form of what e2m1_pack8 sums.
+template <bool kClamp = true>
 TPCOMM_E2M1_HD uint32_t e2m1_nibble_biased(uint32_t xbits, float s) {
-  const uint32_t t = e2m1_rounded_bits(xbits, s);
+  const uint32_t t = e2m1_rounded_bits<kClamp>(xbits, s);
   return (((xbits >> 28) & 8u) | (t & 7u)) + (t >> 22);
 }
 
@@ -81,6 +88,7 @@ TPCOMM_E2M1_HD uint32_t e2m1_nibble_biased(uint32_t xbits, float s) {
 // derived it from %dynamic_smem_size, which ptxas re-read with four uniform instructions per call). The 8 sign
 // bits are placed in bulk: four byte permutes gather the bytes holding the bf16 sign bits, two masked merges put
 // them on bits 3 and 7 of each output byte.
+template <bool kClamp = true>
 TPCOMM_E2M1_HD uint32_t e2m1_pack8(uint32_t w0, uint32_t w1, uint32_t w2, uint32_t w3, float s, uint32_t m512 = 512u) {
   const uint32_t w[4] = {w0, w1, w2, w3};
   uint32_t acc = 0;
@@ -89,7 +97,7 @@ TPCOMM_E2M1_HD uint32_t e2m1_pack8(uint32_t w0, uint32_t w1, uint32_t w2, uint32
 #endif
   for (int j = 0; j < 8; ++j) {
     const uint32_t x = (j & 1) ? (w[j >> 1] & 0xffff0000u) : (w[j >> 1] << 16);
-    const uint32_t t = e2m1_rounded_bits(x, s);
+    const uint32_t t = e2m1_rounded_bits<kClamp>(x, s);
 #if defined(__CUDA_ARCH__)
     const uint32_t e = __umulhi(t, m512);  // t >> 23
 #else

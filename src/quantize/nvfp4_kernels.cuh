@@ -69,13 +69,23 @@ __device__ __forceinline__ void nvfp4_tile(const Nvfp4KernelParams& p, const Til
     a16 = max(a16, __shfl_xor_sync(kFullMask, a16, 1));
     // kR = 8: the other 8 rows of the 16-row block are in lane ^ 8 (h ^ 1: rows 32g + 8h, h = lane / 8).
     if constexpr (kR == 8) a16 = max(a16, __shfl_xor_sync(kFullMask, a16, 8));
-    const Nvfp4BlockScale bs = nvfp4_block_scale(amax16_to_float(a16), s_enc_over6, s_dec);
+    const float bamax = amax16_to_float(a16);
+    const Nvfp4BlockScale bs = nvfp4_block_scale(bamax, s_enc_over6, s_dec);
     if ((s.lane & 1) == 0) {
 #pragma unroll
       for (int i = 0; i < kR; ++i) sc_bytes[(s.rl0 + i) * 8 + blk] = static_cast<uint8_t>(bs.code);
     }
+    // The unclamped encoder when every block of the warp allows it (warp-uniform: both forms give the same bits).
+    if (__all_sync(kFullMask, e2m1_unclamped_ok(bamax, bs.rcp))) {
 #pragma unroll
-    for (int i = 0; i < kR; ++i) store_row(i, bs.rcp);
+      for (int i = 0; i < kR; ++i) {
+        const uint32_t v = quant8_e2m1<false>(x[i], bs.rcp, p.e2m1_m512);
+        if (kFull || (col_ok && row0 + i < N)) *reinterpret_cast<uint32_t*>(out + i * (K / 2)) = v;
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kR; ++i) store_row(i, bs.rcp);
+    }
   }
   __syncthreads();
   if (TileMap<kR>::kThreads > kTileRows && threadIdx.x >= kTileRows) return;  // kR = 8: 128 scale rows
@@ -180,8 +190,10 @@ __global__ void __launch_bounds__(kWindowThreads) nvfp4_rowwise_kernel(const __g
     uint32_t a = absmax8_f32bits(x[u]);
     a = max(a, __shfl_xor_sync(kFullMask, a, 1));  // non-negative fp32 bits order like their values, NaN last
     const Nvfp4BlockScale bs = nvfp4_block_scale(__uint_as_float(a), tab);
+    // The unclamped encoder when every block of the warp allows it (warp-uniform: both forms give the same bits).
+    const bool fast = __all_sync(kFullMask, e2m1_unclamped_ok(__uint_as_float(a), bs.rcp));
     if (v < p.nvec) {
-      p.data[v] = quant8_e2m1(x[u], bs.rcp, p.e2m1_m512);
+      p.data[v] = fast ? quant8_e2m1<false>(x[u], bs.rcp, p.e2m1_m512) : quant8_e2m1(x[u], bs.rcp, p.e2m1_m512);
       if ((ww.lane & 1) == 0) p.scales[v >> 1] = static_cast<uint8_t>(bs.code);
     }
   }

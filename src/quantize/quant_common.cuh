@@ -145,9 +145,13 @@ __device__ __forceinline__ float fp8_scale_from_amax(float amax, double fp8_max,
 // the CPU tests check against the reference encoder.
 // m512 must be 512 and come from a kernel parameter: ptxas cannot see its value, so t >> 23 stays one IMAD.HI with a
 // constant-bank operand (a literal 512 would become a shift on the logic pipe; e2m1_math.h), at no per-call cost.
+template <bool kClamp = true>
 __device__ __forceinline__ uint32_t quant8_e2m1(const uint4& v, float s, uint32_t m512) {
-  return e2m1_pack8(v.x, v.y, v.z, v.w, s, m512);
+  return e2m1_pack8<kClamp>(v.x, v.y, v.z, v.w, s, m512);
 }
+// Whether every element of a block with amax `block_amax` (>= 0 or NaN) and element multiplier s may take the
+// unclamped encoder (e2m1_math.h): amax * s < 7, which is false for NaN, Inf and saturated (capped) multipliers.
+__device__ __forceinline__ bool e2m1_unclamped_ok(float block_amax, float s) { return __fmul_rn(block_amax, s) < 7.0f; }
 // S_enc from the global amax (TransformerEngine's compute_global_encode_scaling_factor_FP4).
 // |amax|: a caller's negative global_amax_in gives the same (positive) scales on every path, so every block-scale
 // code has a clear sign bit (the 1x16 table path relies on it).

@@ -2,9 +2,11 @@
 // the reference encoder of quant_ref.cpp (double arithmetic, explicit round-to-nearest-even).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <vector>
 
 #include "quantize/e2m1_math.h"
 #include "quantize/quant_ref.h"
@@ -67,6 +69,39 @@ TEST(E2m1Math, Bf16TimesMultiplierPackedMatchesReference) {
     const uint32_t got = e2m1_pack8(w[0], w[1], w[2], w[3], s);
     ASSERT_EQ(got, want) << "iteration " << it << " s " << s;
   }
+}
+
+// The unclamped encoder (kClamp = false) the kernels take when a warp's blocks all have amax * s < 7: for every
+// finite bf16 x and a spread of multipliers (random, powers of two that put products on ties, and the largest
+// multiplier that keeps 6 < |x s| < 7 reachable), wherever |x s| < 7 in fp32 it gives the clamped encoder's nibble,
+// and both give the reference's. Also: |x s| = 7 is where it would break (7 ties to 8), so the precondition is strict.
+TEST(E2m1Math, UnclampedEncoderMatchesBelowSeven) {
+  std::mt19937 rng(99);
+  std::uniform_real_distribution<float> mul(0.001f, 1000.0f);
+  std::vector<float> muls;
+  for (int i = 0; i < 48; ++i) muls.push_back(mul(rng));
+  for (int e = 110; e < 140; ++e) muls.push_back(f_of(static_cast<uint32_t>(e) << 23));
+  muls.push_back(6.9999995f);
+  muls.push_back(1.0f / 0.9375f);  // amax * s up to 6.4: a block scale rounded down by e4m3's half-ulp
+  int64_t checked = 0, bad = 0;
+  for (float s : muls) {
+    for (uint32_t b = 0; b < 0x10000u; ++b) {
+      const uint32_t u = b << 16;
+      const float x = f_of(u);
+      if (!std::isfinite(x)) continue;
+      const float prod = std::fabs(x * s);
+      if (!(prod < 7.0f)) continue;
+      ++checked;
+      const uint32_t fast = detail::e2m1_nibble_biased<false>(u, s);
+      const uint32_t clamped = detail::e2m1_nibble_biased<true>(u, s);
+      if ((fast != clamped || clamped - kE2m1Bias != ref_nibble(x, s)) && ++bad <= 5)
+        ADD_FAILURE() << "x " << x << " s " << s << ": unclamped " << fast << " clamped " << clamped;
+    }
+  }
+  EXPECT_EQ(bad, 0);
+  EXPECT_GT(checked, int64_t(1) << 20);
+  // At 7 the unclamped form leaves the e2m1 range (the precondition is < 7, not <= 7).
+  EXPECT_NE(detail::e2m1_nibble_biased<false>(0x40e00000u /* 7.0 */, 1.0f), detail::e2m1_nibble_biased<true>(0x40e00000u, 1.0f));
 }
 
 }  // namespace
