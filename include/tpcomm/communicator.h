@@ -61,6 +61,11 @@ struct CommStats {
   uint64_t nccl_fallbacks = 0;
   uint64_t copy_in_calls = 0;     // one-shot calls that copied the input into the workspace
   uint64_t zero_copy_calls = 0;   // calls that read the caller's buffer directly (registered or pushed)
+  // Async TP (all_gather_matmul, matmul_reduce_scatter): calls that ran a fused engine, calls that ran unfused
+  // because the caller asked for it, and calls that wanted a fused engine but fell back (allow_fallback).
+  uint64_t async_tp_fused_calls = 0;
+  uint64_t async_tp_unfused_calls = 0;
+  uint64_t async_tp_fallbacks = 0;
 };
 
 namespace detail {

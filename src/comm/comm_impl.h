@@ -21,6 +21,8 @@
 
 namespace tpcomm::detail {
 
+struct AsyncTpState;  // src/async_tp/state.h: workspace, streams, GEMM plans of the async-TP ops
+
 constexpr int kMaxBlocks = 256;          // barrier flag slots per rank (grid sizes never exceed this)
 constexpr int kMaxRegSlots = 8192;       // zero-copy pointer tables (RankData) per communicator
 constexpr std::size_t kSignalPadBytes = 64 * 1024;  // flags 16 KiB + probe words
@@ -133,6 +135,10 @@ struct CommImpl {
   mutable std::mutex mu;
 
   std::atomic<uint64_t> fast_calls{0}, nccl_calls{0}, nccl_fallbacks{0}, copy_in_calls{0}, zero_copy_calls{0};
+  std::atomic<uint64_t> atp_fused{0}, atp_unfused{0}, atp_fallbacks{0};
+  // Created on the first async-TP call (shared_ptr: its deleter is bound where the type is complete); released
+  // first in destroy().
+  std::shared_ptr<AsyncTpState> atp;
   bool logged_fallback = false;
 
   device::SyncContext sync_ctx() const { return {d_error, d_abort, timeout_ns}; }

@@ -441,6 +441,7 @@ void Communicator::destroy() {
   c.ensure_idle("destroy");
   cudaGetLastError();
   c.destroyed = true;
+  c.atp.reset();
   for (auto& [key, ptr] : c.opened) cudaIpcCloseMemHandle(ptr);
   c.opened.clear();
   c.ws.reset();
@@ -489,6 +490,9 @@ CommStats Communicator::stats() const {
   s.nccl_fallbacks = impl_->nccl_fallbacks.load();
   s.copy_in_calls = impl_->copy_in_calls.load();
   s.zero_copy_calls = impl_->zero_copy_calls.load();
+  s.async_tp_fused_calls = impl_->atp_fused.load();
+  s.async_tp_unfused_calls = impl_->atp_unfused.load();
+  s.async_tp_fallbacks = impl_->atp_fallbacks.load();
   return s;
 }
 
