@@ -340,7 +340,13 @@ __global__ void __launch_bounds__(kColThreads) fp8_colcast_kernel(const __grid_c
 //      __syncthreads between load and cast, no bank conflicts; cp.async.wait_group makes a thread's own copies
 //      visible to it);
 //   2. kW / 8 threads store the block's partial amax into the shared memory of every block of the cluster (DSMEM);
-//      cluster barrier (arrive.release / wait.acquire: every partial is visible to every block after it);
+//      cluster barrier (arrive.release / wait.acquire: every partial is visible to every block after it). The
+//      stores target peers' shared memory, which exists only once the peer has started: every block arrives on a
+//      first cluster barrier phase at its start (arrive.relaxed: it publishes nothing) and waits for that phase
+//      just before its first remote store, so no block writes into a block that has not begun (the CUDA
+//      programming guide's rule for distributed shared memory; without it compute-sanitizer racecheck reports
+//      "invalid __shared__ write ... in a block that might not have entered yet"). The wait comes after the
+//      loads and the block amax, so the co-scheduled peers have long arrived and it costs next to nothing;
 //   3. the same threads combine the C partials from their own shared memory into the column scales (the same
 //      fp8_scale_from_amax as the two-pass form, so the bits are the same); block 0 of the cluster writes
 //      scale_inv and amax_out;
@@ -365,6 +371,11 @@ struct Fp8ColClusterParams {
   bool pow2;
 };
 
+// Arrival that orders no memory access: "this block has started" (see step 2 of the colwise kernel).
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); }
 __device__ __forceinline__ void cluster_arrive_release() {
   asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
 }
@@ -540,6 +551,10 @@ __global__ void __launch_bounds__(kColClusterThreads, kRegs > 0 ? 4 : 3)
   __shared__ uint4 s_all[kColClusterMax][kChunks];
   __shared__ __align__(16) float s_qs[kW];
 
+  // Phase 0 of the cluster barrier: this block has started (waited on before the first DSMEM store, step 2).
+  // Before the PDL wait, so that it overlaps the predecessor's tail too. Every thread arrives (.aligned: no
+  // thread of the block returns early anywhere in this kernel).
+  cluster_arrive_relaxed();
   ::tpcomm::detail::pdl_prologue();
   const uint32_t csize = cluster_size(), crank = cluster_rank();
   const int t = threadIdx.x;
@@ -581,6 +596,7 @@ __global__ void __launch_bounds__(kColClusterThreads, kRegs > 0 ? 4 : 3)
   }
   // 2. Block partial to the cluster, cluster barrier.
   const uint4 part = col_block_amax<kW>(a, s_warp);
+  cluster_wait();  // phase 0: every block of the cluster has started, so its shared memory may be written
   if (t < kChunks)
     for (uint32_t k = 0; k < csize; ++k) st_dsmem(&s_all[crank][t], k, part);
   cluster_arrive_release();
