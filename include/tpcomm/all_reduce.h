@@ -48,11 +48,30 @@ AllReduceTable default_all_reduce_table(int world_size);
 AllReduceAlgo select_all_reduce(const AllReduceTable& table, std::size_t bytes, bool fast_path,
                                 std::size_t ll_cap, std::size_t one_cap, std::size_t two_cap, std::size_t ce_cap = 0);
 
+// What the all-reduce moves between GPUs.
+//   kExact : the caller's dtype (every algorithm; the results above).
+//   kFp8   : opt-in and lossy, two-shot only: the reduce-scatter phase sends each destination's slice as FP8
+//            e4m3 codes with one fp32 scale per block of fp8_block elements (scale = amax / 448), the owner
+//            dequantizes the W slices and reduces them in fp32 in rank order 0..W-1, and the all-gather phase
+//            sends the reduced slice as FP8 again (or in the caller's dtype: gather_wire = kExact). About half
+//            the bytes of bf16; results are still bitwise identical on every rank (the owner keeps the
+//            dequantized FP8 of its own slice too). Math, error bound and when it pays: docs/all_reduce.md.
+enum class AllReduceWire : int { kExact = 0, kFp8 = 1 };
+const char* all_reduce_wire_name(AllReduceWire wire) noexcept;  // "exact", "fp8"
+AllReduceWire parse_all_reduce_wire(const std::string& text);   // throws kInvalidArgument("wire: ...")
+
 struct AllReduceOptions {
   AllReduceAlgo algo = AllReduceAlgo::kAuto;
   // kOneShot only: read the caller's input directly from every peer (zero copy). The input must be
   // registered (register_buffer) or, during capture inside a GraphCapture, is registered after capture.
   bool zero_copy = false;
+  // kFp8 is never chosen unless asked for here. With algo kTwoShot it runs or throws (kInvalidArgument naming
+  // count when the FP8 slots exceed the two-shot workspace, CommOptions::two_shot_max_bytes); with kAuto it
+  // runs wherever peer memory is available, W >= 2 and its slots fit the two-shot workspace, and kAuto's
+  // exact choice runs otherwise (plan_all_reduce() says which). Other algorithms: kInvalidArgument (wire).
+  AllReduceWire wire = AllReduceWire::kExact;
+  int fp8_block = 128;                             // kFp8: elements per fp32 scale, 128 or 32
+  AllReduceWire gather_wire = AllReduceWire::kFp8;  // kFp8: wire of the all-gather phase (kExact: caller's dtype)
 };
 
 // out = reduce(in over all ranks). count elements of dtype (f32, f16, bf16); op sum/max/min. In place when
@@ -64,6 +83,14 @@ AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* outp
 
 // What kAuto would run for this communicator and size (same decision all_reduce makes).
 AllReduceAlgo resolve_all_reduce(const Communicator& comm, std::size_t bytes, AllReduceAlgo requested = AllReduceAlgo::kAuto);
+
+// What all_reduce would run for these arguments, wire included (the same decision; throws what it would throw
+// for the options). all_reduce returns plan.algo (kTwoShot when the FP8 wire runs).
+struct AllReducePlan {
+  AllReduceAlgo algo = AllReduceAlgo::kAuto;
+  AllReduceWire wire = AllReduceWire::kExact;
+};
+AllReducePlan plan_all_reduce(const Communicator& comm, std::size_t count, DType dtype, const AllReduceOptions& options = {});
 
 // Registers a caller's device buffer (cudaMalloc memory; any pointer inside an allocation) on every rank
 // so that zero-copy one-shot can read it from peers. Collective: every rank registers its buffer in the

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "collectives/all_reduce_args.h"
+#include "collectives/all_reduce_fp8wire.h"
 #include "collectives/all_reduce_kernels.cuh"
 #include "comm/comm_impl.h"
 #include "common/check.h"
@@ -279,6 +280,16 @@ AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* outp
   c.ensure_usable("all_reduce");
   comm.check();
   if (!detail::check_all_reduce_args(input, output, count, dtype, op, options)) return options.algo;
+  if (detail::fp8_wire_runs(c, count, dtype, options)) {
+    // Opt-in FP8 wire (AllReduceWire::kFp8): the two-shot protocol with e4m3 payloads (all_reduce_fp8wire.cu). A
+    // kAuto call it does not fit falls through to the exact choice below; a pinned one threw.
+    detail::run_fp8_wire_two_shot(c, input, output, count, dtype, op, options, g_force_generic.load(std::memory_order_relaxed),
+                                  stream);
+    c.fast_calls++;
+    c.zero_copy_calls++;  // pushes the caller's buffer, as the exact two-shot
+    c.note_enqueued(stream);
+    return AllReduceAlgo::kTwoShot;
+  }
   const std::size_t bytes = count * dtype_size(dtype);
 
   AllReduceAlgo algo = resolve_all_reduce(comm, bytes, options.algo);

@@ -13,4 +13,9 @@ namespace tpcomm::detail {
 bool check_all_reduce_args(const void* input, const void* output, std::size_t count, DType dtype, ReduceOp op,
                            const AllReduceOptions& options);
 
+// The pointer-free part (dtype, op and the wire options: wire, fp8_block, gather_wire, and a kFp8 wire with an
+// algorithm other than two_shot or auto); check_all_reduce_args calls it first. Throws kInvalidArgument naming
+// the argument.
+void check_all_reduce_options(DType dtype, ReduceOp op, const AllReduceOptions& options);
+
 }  // namespace tpcomm::detail

@@ -235,7 +235,8 @@ __device__ __forceinline__ bool vec_ready(uint4 x) {
 
 // Polls one 16-byte vector until it holds data and returns it; on timeout (reported, naming `peer`) or
 // abort returns an empty vector (vec_ready() false). Returned by value, so callers' arrays stay in registers.
-__device__ __noinline__ uint4 poll_vec(const AllReduceParams& p, const char* src, int peer) {
+// static: this header is included by more than one translation unit (all_reduce.cu, all_reduce_fp8wire.cu).
+static __device__ __noinline__ uint4 poll_vec(const AllReduceParams& p, const char* src, int peer) {
   const uint64_t start = device::global_timer_ns();
   for (uint32_t spin = 1;; ++spin) {
     const uint4 x = ld_v4_volatile(src);
@@ -629,7 +630,7 @@ struct CeParams {
   uint32_t size_tag;
 };
 
-__global__ void __launch_bounds__(64) all_reduce_ce_ready(const __grid_constant__ CeParams p) {
+static __global__ void __launch_bounds__(64) all_reduce_ce_ready(const __grid_constant__ CeParams p) {  // static: see poll_vec
   griddep_wait();
   griddep_launch_dependents();
   for (int i = threadIdx.x; i < kCeMaxChunks * kMaxRanks; i += blockDim.x) p.flags[i] = 0;

@@ -32,6 +32,20 @@ AllReduceAlgo parse_all_reduce_algo(const std::string& t) {
                                                "' (auto, one_shot_ll, one_shot, two_shot, one_shot_ce, nccl)");
 }
 
+const char* all_reduce_wire_name(AllReduceWire wire) noexcept {
+  switch (wire) {
+    case AllReduceWire::kExact: return "exact";
+    case AllReduceWire::kFp8: return "fp8";
+  }
+  return "unknown";
+}
+
+AllReduceWire parse_all_reduce_wire(const std::string& t) {
+  if (t == "exact") return AllReduceWire::kExact;
+  if (t == "fp8") return AllReduceWire::kFp8;
+  throw Error(ErrorCode::kInvalidArgument, "wire: unknown all-reduce wire '" + t + "' (exact, fp8)");
+}
+
 static std::size_t parse_bytes(const std::string& s, const std::string& whole) {
   std::size_t pos = 0;
   unsigned long long v = 0;
@@ -116,8 +130,7 @@ AllReduceAlgo select_all_reduce(const AllReduceTable& t, std::size_t bytes, bool
 
 namespace tpcomm::detail {
 
-bool check_all_reduce_args(const void* input, const void* output, std::size_t count, DType dtype, ReduceOp op,
-                           const AllReduceOptions& options) {
+void check_all_reduce_options(DType dtype, ReduceOp op, const AllReduceOptions& options) {
   auto fail = [](const std::string& arg, const std::string& msg) {
     throw Error(ErrorCode::kInvalidArgument, arg + ": " + msg);
   };
@@ -125,6 +138,26 @@ bool check_all_reduce_args(const void* input, const void* output, std::size_t co
     fail("dtype", std::string(dtype_name(dtype)) + " is not supported (f32, f16, bf16)");
   if (op != ReduceOp::kSum && op != ReduceOp::kMax && op != ReduceOp::kMin)
     fail("op", "unknown reduce op " + std::to_string(static_cast<int>(op)));
+  if (options.wire != AllReduceWire::kExact && options.wire != AllReduceWire::kFp8)
+    fail("wire", "unknown value " + std::to_string(static_cast<int>(options.wire)) + " (exact, fp8)");
+  // The FP8 wire's fields are read only when it is asked for.
+  if (options.wire == AllReduceWire::kFp8) {
+    if (options.algo != AllReduceAlgo::kTwoShot && options.algo != AllReduceAlgo::kAuto)
+      fail("wire", std::string("the FP8 wire runs on the two-shot algorithm only (algo two_shot or auto), not ") +
+                       all_reduce_algo_name(options.algo));
+    if (options.fp8_block != 32 && options.fp8_block != 128)
+      fail("fp8_block", "must be 32 or 128 elements per scale, not " + std::to_string(options.fp8_block));
+    if (options.gather_wire != AllReduceWire::kExact && options.gather_wire != AllReduceWire::kFp8)
+      fail("gather_wire", "unknown value " + std::to_string(static_cast<int>(options.gather_wire)) + " (exact, fp8)");
+  }
+}
+
+bool check_all_reduce_args(const void* input, const void* output, std::size_t count, DType dtype, ReduceOp op,
+                           const AllReduceOptions& options) {
+  auto fail = [](const std::string& arg, const std::string& msg) {
+    throw Error(ErrorCode::kInvalidArgument, arg + ": " + msg);
+  };
+  check_all_reduce_options(dtype, op, options);
   if (count == 0) return false;
   if (input == nullptr) fail("input", "null pointer");
   if (output == nullptr) fail("output", "null pointer");
