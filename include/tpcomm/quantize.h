@@ -13,6 +13,8 @@
 //   * Every data pointer (input, quantized data, dequantized output) and every scale pointer must be 16-byte
 //     aligned.
 //   * "rows" is the outer (second-to-last) dimension and "cols" the inner, contiguous one.
+//   * Sizes: rows, cols, experts and scale_ld below 2^31 each, at most 2^40 elements per tensor.
+//   * No buffer a call writes may overlap another buffer of that call (there is no in-place quantization).
 #pragma once
 
 #include <cuda_runtime.h>

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
+#include <initializer_list>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -121,6 +122,54 @@ namespace detail {
 
 namespace {
 
+// Size limits every launcher relies on: each dimension < 2^31 (FP8 rowwise launches one block per row, grid.x <=
+// 2^31 - 1) and at most 2^40 elements per tensor (2 TiB of bf16, above any GPU's memory). Under both, every grid
+// the launchers compute fits: tile counts (rows/128 + 1)(cols/128 + 1) <= 2^26 + 2^24 + 2^24 + 1 < 2^31, the
+// 32-bit tile numbers of fast_div.h included; elementwise grids <= 2^40 / 8 / 1024 = 2^27 blocks; the two-pass
+// colwise grid cols / 256 < 2^23. And no byte count below overflows int64.
+constexpr int64_t kMaxDim = (int64_t(1) << 31) - 1;
+constexpr int64_t kMaxElements = int64_t(1) << 40;
+
+void check_dim_limit(int64_t v, const char* name) {
+  TPCOMM_ARG_CHECK(v <= kMaxDim, name, "must be < 2^31, got " + std::to_string(v));
+}
+
+// experts x rows x cols <= kMaxElements (each factor already in [0, kMaxDim]); `name` is the dimension named.
+void check_elements(int64_t experts, int64_t rows, int64_t cols, const char* name) {
+  const auto n = static_cast<unsigned __int128>(experts) * static_cast<unsigned __int128>(rows) *
+                 static_cast<unsigned __int128>(cols);
+  TPCOMM_ARG_CHECK(n <= static_cast<unsigned __int128>(kMaxElements), name,
+                   "tensor too large: " + std::to_string(experts) + " x " + std::to_string(rows) + " x " +
+                       std::to_string(cols) + " elements exceed 2^40");
+}
+
+// A device buffer as [p, p + bytes); written: the call writes it. Two buffers of one call may share bytes only if
+// neither is written: kernels read their inputs while other blocks write their outputs, so an output overlapping
+// an input or another output gives undefined results (there is no in-place quantization).
+struct Span {
+  const void* p;
+  int64_t bytes;
+  const char* name;
+  bool written;
+};
+
+void check_disjoint(std::initializer_list<Span> spans) {
+  for (auto a = spans.begin(); a != spans.end(); ++a)
+    for (auto b = a + 1; b != spans.end(); ++b) {
+      if (!a->written && !b->written) continue;
+      if (a->p == nullptr || b->p == nullptr || a->bytes <= 0 || b->bytes <= 0) continue;
+      const auto pa = static_cast<unsigned __int128>(reinterpret_cast<uintptr_t>(a->p));
+      const auto pb = static_cast<unsigned __int128>(reinterpret_cast<uintptr_t>(b->p));
+      if (pa < pb + static_cast<uint64_t>(b->bytes) && pb < pa + static_cast<uint64_t>(a->bytes)) {
+        const Span& w = b->written ? *b : *a;  // name a written buffer
+        const Span& o = b->written ? *a : *b;
+        TPCOMM_ARG_CHECK(false, w.name, std::string("overlaps ") + o.name + " (" + std::to_string(w.bytes) + " and " +
+                                            std::to_string(o.bytes) + " bytes); buffers a call writes must not overlap"
+                                            " any other buffer of the call");
+      }
+    }
+}
+
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
 void check_ptr(const void* p, const char* name) {
@@ -151,6 +200,8 @@ void check_layout(ScaleLayout l) {
 void check_dims(int64_t rows, int64_t cols) {
   TPCOMM_ARG_CHECK(rows >= 0, "rows", "must be >= 0, got " + std::to_string(rows));
   TPCOMM_ARG_CHECK(cols >= 0, "cols", "must be >= 0, got " + std::to_string(cols));
+  check_dim_limit(rows, "rows");
+  check_dim_limit(cols, "cols");
 }
 
 void check_multiple(int64_t v, int64_t m, const char* name, const char* why) {
@@ -160,6 +211,7 @@ void check_multiple(int64_t v, int64_t m, const char* name, const char* why) {
 
 void check_fp8_ld(int64_t rows, int64_t cols, Fp8Scaling scaling, int64_t scale_ld) {
   TPCOMM_ARG_CHECK(scale_ld >= 0, "scale_ld", "must be >= 0");
+  check_dim_limit(scale_ld, "scale_ld");
   if (scaling == Fp8Scaling::kBlock1x128 && scale_ld != 0)
     TPCOMM_ARG_CHECK(scale_ld >= rows, "scale_ld", "must be >= rows (" + std::to_string(rows) + ") for 1x128");
   if (scaling == Fp8Scaling::kBlock128x128 && scale_ld != 0)
@@ -180,6 +232,7 @@ void validate(const Fp8QuantizeParams& p) {
   check_scaling(p.scaling);
   check_dims(p.rows, p.cols);
   check_multiple(p.cols, 8, "cols", "16-byte vectors of bf16");
+  check_elements(1, p.rows, p.cols, "rows");
   check_fp8_ld(p.rows, p.cols, p.scaling, p.scale_ld);
   if (p.rows == 0 || p.cols == 0) return;
   check_ptr(p.input, "input");
@@ -199,6 +252,15 @@ void validate(const Fp8QuantizeParams& p) {
                      std::string("only with colwise scaling (got ") + fp8_scaling_name(p.scaling) + ")");
     check_multiple(p.rows, 16, "rows", "16-byte rows of the transposed output");
   }
+  const int64_t n = p.rows * p.cols;
+  // amax_out is written when the amax is computed: tensorwise without amax_in ([1]) and colwise ([cols]).
+  const bool tensor = p.scaling == Fp8Scaling::kTensorwise;
+  const int64_t amax_bytes = tensor ? (p.amax_in ? 0 : 4) : (p.scaling == Fp8Scaling::kColwise ? p.cols * 4 : 0);
+  check_disjoint({{p.input, n * 2, "input", false},
+                  {tensor ? p.amax_in : nullptr, 4, "amax_in", false},
+                  {p.output, n, "output", true},
+                  {p.scale_inv, fp8_scale_count(p.rows, p.cols, p.scaling, p.scale_ld) * 4, "scale_inv", true},
+                  {p.amax_out, amax_bytes, "amax_out", true}});
 }
 
 void validate(const Fp8DequantizeParams& p) {
@@ -207,11 +269,16 @@ void validate(const Fp8DequantizeParams& p) {
   check_scaling(p.scaling);
   check_dims(p.rows, p.cols);
   check_multiple(p.cols, 8, "cols", "8-element vectors");
+  check_elements(1, p.rows, p.cols, "rows");
   check_fp8_ld(p.rows, p.cols, p.scaling, p.scale_ld);
   if (p.rows == 0 || p.cols == 0) return;
   check_ptr(p.input, "input");
   check_ptr(p.output, "output");
   check_ptr(p.scale_inv, "scale_inv");
+  const int64_t n = p.rows * p.cols;
+  check_disjoint({{p.input, n, "input", false},
+                  {p.scale_inv, fp8_scale_count(p.rows, p.cols, p.scaling, p.scale_ld) * 4, "scale_inv", false},
+                  {p.output, n * static_cast<int64_t>(dtype_size(p.output_dtype)), "output", true}});
 }
 
 void validate(const Mxfp8QuantizeParams& p) {
@@ -221,7 +288,9 @@ void validate(const Mxfp8QuantizeParams& p) {
   TPCOMM_ARG_CHECK(p.rounding == E8M0Rounding::kFloor || p.rounding == E8M0Rounding::kRceil, "rounding",
                    "unknown value " + std::to_string(static_cast<int>(p.rounding)));
   TPCOMM_ARG_CHECK(p.experts >= 1, "experts", "must be >= 1, got " + std::to_string(p.experts));
+  check_dim_limit(p.experts, "experts");
   check_dims(p.rows, p.cols);
+  check_elements(p.experts, p.rows, p.cols, "experts");
   const bool row = p.row_data != nullptr || p.row_scales != nullptr;
   const bool col = p.col_data != nullptr || p.col_scales != nullptr;
   TPCOMM_ARG_CHECK(row || col, "row_data", "no output requested (set row_data/row_scales and/or col_data/col_scales)");
@@ -240,6 +309,14 @@ void validate(const Mxfp8QuantizeParams& p) {
     check_ptr(p.col_data, "col_data");
     check_ptr(p.col_scales, "col_scales");
   }
+  const int64_t n = p.experts * p.rows * p.cols;
+  check_disjoint({{p.input, n * 2, "input", false},
+                  {p.row_data, row ? n : 0, "row_data", true},
+                  {p.row_scales, row ? mxfp8_row_scale_bytes(p.experts, p.rows, p.cols, p.scale_layout) : 0,
+                   "row_scales", true},
+                  {p.col_data, col ? n : 0, "col_data", true},
+                  {p.col_scales, col ? mxfp8_col_scale_bytes(p.experts, p.rows, p.cols, p.scale_layout) : 0,
+                   "col_scales", true}});
 }
 
 void validate(const Mxfp8DequantizeParams& p) {
@@ -249,7 +326,9 @@ void validate(const Mxfp8DequantizeParams& p) {
   TPCOMM_ARG_CHECK(p.axis == Mxfp8Axis::kRowwise || p.axis == Mxfp8Axis::kColwise, "axis",
                    "unknown value " + std::to_string(static_cast<int>(p.axis)));
   TPCOMM_ARG_CHECK(p.experts >= 1, "experts", "must be >= 1, got " + std::to_string(p.experts));
+  check_dim_limit(p.experts, "experts");
   check_dims(p.rows, p.cols);
+  check_elements(p.experts, p.rows, p.cols, "experts");
   if (p.axis == Mxfp8Axis::kRowwise) {
     check_multiple(p.cols, 32, "cols", "rowwise MXFP8 blocks are 1x32 along cols");
   } else {
@@ -259,6 +338,13 @@ void validate(const Mxfp8DequantizeParams& p) {
   check_ptr(p.data, "data");
   check_ptr(p.scales, "scales");
   check_ptr(p.output, "output");
+  const int64_t n = p.experts * p.rows * p.cols;
+  const int64_t scale_bytes = p.axis == Mxfp8Axis::kRowwise
+                                  ? mxfp8_row_scale_bytes(p.experts, p.rows, p.cols, p.scale_layout)
+                                  : mxfp8_col_scale_bytes(p.experts, p.rows, p.cols, p.scale_layout);
+  check_disjoint({{p.data, n, "data", false},
+                  {p.scales, scale_bytes, "scales", false},
+                  {p.output, n * static_cast<int64_t>(dtype_size(p.output_dtype)), "output", true}});
 }
 
 void validate(const Nvfp4QuantizeParams& p) {
@@ -269,6 +355,7 @@ void validate(const Nvfp4QuantizeParams& p) {
   check_dims(p.rows, p.cols);
   check_multiple(p.cols, 16, "cols", "NVFP4 blocks are 16 wide");
   if (p.block == Nvfp4Block::k16x16) check_multiple(p.rows, 16, "rows", "16x16 NVFP4 blocks");
+  check_elements(1, p.rows, p.cols, "rows");
   if (p.rows == 0 || p.cols == 0) return;
   check_ptr(p.input, "input");
   check_ptr(p.output, "output");
@@ -283,6 +370,13 @@ void validate(const Nvfp4QuantizeParams& p) {
   if (p.global_scale_inv)
     TPCOMM_ARG_CHECK((reinterpret_cast<uintptr_t>(p.global_scale_inv) & 3u) == 0, "global_scale_inv",
                      "must be 4-byte aligned");
+  const int64_t n = p.rows * p.cols;
+  check_disjoint({{p.input, n * 2, "input", false},
+                  {p.global_amax_in, 4, "global_amax_in", false},
+                  {p.output, n / 2, "output", true},
+                  {p.block_scales, nvfp4_scale_bytes(p.rows, p.cols, p.scale_layout), "block_scales", true},
+                  {p.global_amax_in ? nullptr : p.global_amax_out, 4, "global_amax_out", true},
+                  {p.global_scale_inv, 4, "global_scale_inv", true}});
 }
 
 void validate(const Nvfp4DequantizeParams& p) {
@@ -290,20 +384,30 @@ void validate(const Nvfp4DequantizeParams& p) {
   check_layout(p.scale_layout);
   check_dims(p.rows, p.cols);
   check_multiple(p.cols, 16, "cols", "NVFP4 blocks are 16 wide");
+  check_elements(1, p.rows, p.cols, "rows");
   if (p.rows == 0 || p.cols == 0) return;
   check_ptr(p.input, "input");
   check_ptr(p.block_scales, "block_scales");
   check_ptr(p.output, "output");
   TPCOMM_ARG_CHECK(p.global_scale_inv != nullptr, "global_scale_inv", "must not be null");
+  TPCOMM_ARG_CHECK((reinterpret_cast<uintptr_t>(p.global_scale_inv) & 3u) == 0, "global_scale_inv",
+                   "must be 4-byte aligned");
+  const int64_t n = p.rows * p.cols;
+  check_disjoint({{p.input, n / 2, "input", false},
+                  {p.block_scales, nvfp4_scale_bytes(p.rows, p.cols, p.scale_layout), "block_scales", false},
+                  {p.global_scale_inv, 4, "global_scale_inv", false},
+                  {p.output, n * static_cast<int64_t>(dtype_size(p.output_dtype)), "output", true}});
 }
 
 void validate_amax(const void* input, DType input_dtype, int64_t count, const float* amax_out) {
   check_input_dtype(input_dtype);
   TPCOMM_ARG_CHECK(count >= 0, "count", "must be >= 0");
+  TPCOMM_ARG_CHECK(count <= kMaxElements, "count", "must be <= 2^40, got " + std::to_string(count));
   check_multiple(count, 8, "count", "16-byte vectors of bf16");
   TPCOMM_ARG_CHECK(amax_out != nullptr, "amax_out", "must not be null");
   TPCOMM_ARG_CHECK((reinterpret_cast<uintptr_t>(amax_out) & 3u) == 0, "amax_out", "must be 4-byte aligned");
   if (count > 0) check_ptr(input, "input");
+  check_disjoint({{input, count * 2, "input", false}, {amax_out, 4, "amax_out", true}});
 }
 
 int sm_count() {
