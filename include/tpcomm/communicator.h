@@ -7,6 +7,9 @@
 //    (torchrun, mpirun, tpcomm-launch environments);
 //  * one process driving all local GPUs: create_local(devices) returns one Communicator per device; use each
 //    from its own thread (collectives on a communicator are called by that rank's thread, as with NCCL).
+//  * a loopback world (testing on one GPU): create_loopback(W, device) returns W communicators on the SAME device,
+//    one per rank, each used from its own thread; symmetric buffers of all ranks live on that device, host
+//    exchange is in-process, there is no NCCL (docs/loopback.md).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -50,6 +53,7 @@ struct Topology {
   bool nvml_available = false;
   bool probe_ok = false;          // a value written through every peer mapping was read back by its owner
   bool fast_path = false;         // tpcomm's own kernels are used
+  bool loopback = false;          // all ranks are threads of one process on one device (create_loopback); no NCCL
   std::string reason;             // why fast_path is false (one line), empty otherwise
 };
 
@@ -86,6 +90,17 @@ class Communicator {
   // collective setup.
   static std::vector<std::unique_ptr<Communicator>> create_local(const std::vector<int>& devices,
                                                                  const CommOptions& options = {});
+  // A loopback world: `world_size` (1..8) ranks in this process, all on `device` (element i is rank i; use each
+  // from its own thread, as with create_local; setup runs in world_size internal threads). Symmetric buffers of
+  // every rank are allocated on that device and the peer tables point at them, so the cross-rank protocols
+  // (signals, barriers, all-reduce, symmetric memory, async TP) run unchanged; host_all_gather / host_barrier meet
+  // in-process and throw kTimeout naming the rank that did not arrive within options.timeout_s. There is no NCCL:
+  // nccl() and AllReduceAlgo::kNccl throw kUnsupported, kAuto never picks NCCL. The ranks' kernels share the GPU,
+  // so the all-reduce grids are divided among the ranks to keep every rank's grid resident (no deadlock). For
+  // correctness tests: timings measure nothing. force_nccl is rejected (kInvalidArgument); TPCOMM_FORCE_NCCL and
+  // TPCOMM_DISABLE_P2P are ignored (logged).
+  static std::vector<std::unique_ptr<Communicator>> create_loopback(int world_size, int device,
+                                                                    const CommOptions& options = {});
 
   ~Communicator();  // never throws; logs if ops were still in flight (call destroy() to get the error)
   Communicator(const Communicator&) = delete;
@@ -98,7 +113,8 @@ class Communicator {
   int rank() const;
   int world_size() const;
   int device() const;
-  ncclComm_t nccl() const;
+  ncclComm_t nccl() const;  // throws kUnsupported on a loopback world
+  bool loopback() const { return topology().loopback; }
   const Topology& topology() const;
   bool fast_path() const { return topology().fast_path; }
   const CommOptions& options() const;
@@ -114,7 +130,8 @@ class Communicator {
   // there is reported like tpcomm's own (check() / synchronize() throw kTimeout naming the rank).
   device::SyncContext sync_context() const;
 
-  // Host-side all-gather of `bytes` per rank through NCCL (collective; used for handle exchange).
+  // Host-side all-gather of `bytes` per rank through NCCL, or in-process on a loopback world (collective; used for
+  // handle exchange).
   void host_all_gather(const void* send, void* recv, std::size_t bytes) const;
   void host_barrier() const;
 

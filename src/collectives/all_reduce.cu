@@ -6,12 +6,15 @@
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "collectives/all_reduce_args.h"
 #include "collectives/all_reduce_fp8wire.h"
 #include "collectives/all_reduce_kernels.cuh"
+#include "collectives/all_reduce_loopback.h"
 #include "comm/comm_impl.h"
+#include "comm/loopback_launch.h"
 #include "common/check.h"
 #include "common/pdl.h"
 #include "symm/symm_impl.h"
@@ -194,8 +197,8 @@ const detail::Registration* find_registration(const CommImpl& c, const void* p, 
 }
 
 template <typename P, typename K>
-void launch(K kernel, const P& params, int blocks, int threads, cudaStream_t stream) {
-  detail::launch_kernel(kernel, dim3(blocks), dim3(threads), 0, stream, params);
+void launch(const CommImpl& c, K kernel, const P& params, int blocks, int threads, cudaStream_t stream) {
+  detail::launch_cross_rank(c, kernel, dim3(blocks), dim3(threads), 0, stream, params);  // PDL unless loopback
 }
 
 // Copy-engine one-shot (see all_reduce_ce_ready / all_reduce_ce_reduce for the protocol).
@@ -226,7 +229,7 @@ void run_copy_engine_one_shot(CommImpl& c, const void* input, void* output, std:
   p.bar.max_ranks = detail::kMaxRanks;
   p.sync = c.sync_ctx();
   p.size_tag = static_cast<uint32_t>(bytes);
-  launch(detail::all_reduce_ce_ready, p, 1, 32, stream);
+  launch(c, detail::all_reduce_ce_ready, p, 1, 32, stream);
   TPCOMM_CUDA_CHECK(cudaEventRecord(c.ce_fork, stream));
   TPCOMM_CUDA_CHECK(cudaStreamWaitEvent(c.ce_stream, c.ce_fork, 0));
   for (int k = 0; k < p.nchunks; ++k) {
@@ -245,7 +248,7 @@ void run_copy_engine_one_shot(CommImpl& c, const void* input, void* output, std:
       stream_write_value32(c.ce_stream, flag, 1u);
     }
   }
-  launch(pick_ce_kernel(dtype, op, c.world), p, c.blocks, c.threads, stream);
+  launch(c, pick_ce_kernel(dtype, op, c.world), p, c.blocks, c.threads, stream);
   TPCOMM_CUDA_CHECK(cudaEventRecord(c.ce_join, c.ce_stream));
   TPCOMM_CUDA_CHECK(cudaStreamWaitEvent(stream, c.ce_join, 0));
 }
@@ -254,10 +257,50 @@ void run_copy_engine_one_shot(CommImpl& c, const void* input, void* output, std:
 
 namespace detail {
 void set_force_generic_world_kernels(bool on) { g_force_generic.store(on); }
+
+// Every kernel launched with CommImpl::blocks or ll_blocks, in both world forms (the W = 2 one and the generic one,
+// which the test hook can switch to at any time; counting both at every W only makes the bound more conservative).
+int all_reduce_min_ctas_per_sm(int threads) {
+  int least = 1 << 30;
+  auto take = [&](auto kernel) {
+    int n = 0;
+    TPCOMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, reinterpret_cast<const void*>(kernel), threads, 0));
+    least = std::min(least, n);
+  };
+  auto take_world = [&](auto t, auto op_c, auto w_c) {
+    using T = decltype(t);
+    constexpr ReduceOp OP = decltype(op_c)::value;
+    constexpr int kW = decltype(w_c)::value;
+    take(all_reduce_one_shot_ll<T, OP, kW>);
+    take(all_reduce_one_shot_ll_pipelined<T, OP, kW>);
+    take(all_reduce_one_shot<T, OP, kW>);
+    take(all_reduce_two_shot<T, OP, kW>);
+    take(all_reduce_ce_reduce<T, OP, kW>);
+  };
+  auto take_op = [&](auto t, auto op_c) {
+    take_world(t, op_c, std::integral_constant<int, 2>{});
+    take_world(t, op_c, std::integral_constant<int, 0>{});
+  };
+  auto take_type = [&](auto t) {
+    take_op(t, std::integral_constant<ReduceOp, ReduceOp::kSum>{});
+    take_op(t, std::integral_constant<ReduceOp, ReduceOp::kMax>{});
+    take_op(t, std::integral_constant<ReduceOp, ReduceOp::kMin>{});
+  };
+  take_type(float{});
+  take_type(__half{});
+  take_type(__nv_bfloat16{});
+  return least;
+}
 }  // namespace detail
 
 AllReduceAlgo resolve_all_reduce(const Communicator& comm, std::size_t bytes, AllReduceAlgo requested) {
   const CommImpl& c = comm.impl();
+  if (c.loopback && requested == AllReduceAlgo::kNccl)
+    throw Error(ErrorCode::kUnsupported, "algo: nccl cannot run: a loopback world has no NCCL communicator");
+  if (c.loopback && requested == AllReduceAlgo::kAuto)
+    return detail::select_all_reduce_loopback(c.ar_table, bytes, cap_of(c, AllReduceAlgo::kOneShotLL),
+                                              cap_of(c, AllReduceAlgo::kOneShot), cap_of(c, AllReduceAlgo::kTwoShot),
+                                              cap_of(c, AllReduceAlgo::kOneShotCE));
   if (requested == AllReduceAlgo::kNccl) return requested;
   if (requested != AllReduceAlgo::kAuto) {
     if (!c.topo.fast_path)
@@ -374,7 +417,7 @@ AllReduceAlgo all_reduce(const Communicator& comm, const void* input, void* outp
   }
 
   // Fixed grids (see ArState): the grid is part of the cross-rank protocol and of the per-block state.
-  launch(kernel, p, algo == AllReduceAlgo::kOneShotLL && !ll_large ? c.ll_blocks : c.blocks, c.threads, stream);
+  launch(c, kernel, p, algo == AllReduceAlgo::kOneShotLL && !ll_large ? c.ll_blocks : c.blocks, c.threads, stream);
   c.fast_calls++;
   c.note_enqueued(stream);
   return algo;

@@ -22,6 +22,7 @@
 namespace tpcomm::detail {
 
 struct AsyncTpState;  // src/async_tp/state.h: workspace, streams, GEMM plans of the async-TP ops
+class LoopbackHub;    // src/comm/loopback_hub.h: in-process host exchange of a loopback world
 
 constexpr int kMaxBlocks = 256;          // barrier flag slots per rank (grid sizes never exceed this)
 constexpr int kMaxRegSlots = 8192;       // zero-copy pointer tables (RankData) per communicator
@@ -77,8 +78,13 @@ struct Registration {
 
 struct CommImpl {
   int rank = 0, world = 1, device = 0;
-  ncclComm_t nccl = nullptr;
+  ncclComm_t nccl = nullptr;  // null on a loopback world
   bool owns_nccl = false;
+  // Loopback world (Communicator::create_loopback): every rank is a thread of this process on `device`; host
+  // exchange goes through `hub` (shared by the world's communicators), there is no NCCL.
+  bool loopback = false;
+  std::shared_ptr<LoopbackHub> hub;
+  int sm_count = 0;  // multiprocessors of `device`
   CommOptions opts;
   Topology topo;
   AllReduceTable ar_table;  // kAuto's crossover table for this world size (resolved at creation)
@@ -149,6 +155,28 @@ struct CommImpl {
   void ensure_idle(const char* op);
   void* map_peer_allocation(int peer, const cudaIpcMemHandle_t& h, uintptr_t peer_base, int peer_pid, void* peer_ptr);
 };
+
+// Co-residency on a loopback world. All W ranks' kernels share one GPU, and a cross-rank kernel of one rank spins
+// until the peers' kernels have run their part: if rank 0's grid fills the SMs while rank 1's grid waits for a
+// slot, rank 0 waits until the timeout. Grids that W ranks run at the same time must therefore fit in the device
+// together. loopback_max_ctas returns the most CTAs one rank's grid of a kernel may have: on a loopback world
+// floor(ctas_per_sm x SMs / W) (W such grids are resident at once), elsewhere ctas_per_sm x SMs (one wave).
+// ctas_per_sm is the kernel's occupancy (cudaOccupancyMaxActiveBlocksPerMultiprocessor at its block size and
+// shared memory). Throws kUnsupported when not even one CTA per rank fits. The bound counts only the W grids of one
+// kernel: work the ranks run besides it on the device must leave room (or use a smaller cap).
+// A persistent kernel (e.g. the async-TP native GEMM) limits its grid with this.
+int loopback_max_ctas(const CommImpl& c, int ctas_per_sm);
+// Programmatic dependent launch on a loopback world: a PDL-launched kernel behind a spinning cross-rank kernel on
+// the same stream is scheduled early and holds SM slots while it waits (griddepcontrol.wait), which can keep a
+// peer's grid out. So on a loopback world cross-rank kernels are launched without the PDL attribute, and
+// loopback_fence(stream) right after one enqueues a one-thread kernel without it: whatever comes next on the
+// stream is scheduled only after the cross-rank kernel has finished. A no-op unless c.loopback.
+// launch_cross_rank (comm/loopback_launch.h) does both.
+void loopback_fence(const CommImpl& c, cudaStream_t stream);
+// Occupancy (CTAs per SM at `threads` threads) of the least-occupying all-reduce kernel launched with
+// CommImpl::blocks or ll_blocks (src/collectives/all_reduce.cu; any kernel added there with those grids must be
+// counted in it).
+int all_reduce_min_ctas_per_sm(int threads);
 
 // Test hook: run the generic-world-size kernels (used for W = 3..8) even at W = 2, so a 2-GPU machine
 // exercises that code.

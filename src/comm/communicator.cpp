@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -13,6 +14,7 @@
 
 #include "comm/comm_impl.h"
 #include "comm/env.h"
+#include "comm/loopback_hub.h"
 #include "common/check.h"
 #include "symm/symm_impl.h"
 #include "tpcomm/all_reduce.h"
@@ -173,6 +175,7 @@ static void init_common(CommImpl& c) {
   if (c.opts.lamport_max_bytes == 0) c.opts.lamport_max_bytes = 1 * MiB;
   if (c.opts.copy_engine_max_bytes == 0) c.opts.copy_engine_max_bytes = W <= 2 ? 16 * MiB : 0;  // auto does not use it
 
+  TPCOMM_CUDA_CHECK(cudaDeviceGetAttribute(&c.sm_count, cudaDevAttrMultiProcessorCount, c.device));
   TPCOMM_CUDA_CHECK(cudaStreamCreateWithFlags(&c.aux_stream, cudaStreamNonBlocking));
   TPCOMM_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&c.h_error), sizeof(device::ErrorRecord), cudaHostAllocMapped));
   std::memset(c.h_error, 0, sizeof(device::ErrorRecord));
@@ -181,7 +184,37 @@ static void init_common(CommImpl& c) {
   TPCOMM_CUDA_CHECK(cudaMemset(c.d_abort, 0, sizeof(uint32_t)));
 }
 
+// Loopback world: every rank is this process on c.device. Peer access is the device's own memory (no NVLink, no
+// NVML question to ask); the mapping probe in setup_fast_path still runs, through the same peer tables.
+static void gather_loopback_topology(const Communicator& comm, CommImpl& c) {
+  RankInfo me{};
+  me.host_hash = host_hash();
+  me.pid = static_cast<int32_t>(getpid());
+  me.cuda_device = c.device;
+  TPCOMM_CUDA_CHECK(cudaDeviceGetPCIBusId(me.bus_id, sizeof(me.bus_id), c.device));
+  c.ranks.resize(c.world);
+  comm.host_all_gather(&me, c.ranks.data(), sizeof(RankInfo));
+  for (int p = 0; p < c.world; ++p)
+    if (c.ranks[p].pid != me.pid || c.ranks[p].cuda_device != c.device)
+      throw Error(ErrorCode::kInternal, "loopback world: rank " + std::to_string(p) + " is not on this process and device");
+  if (c.rank == 0) {
+    for (const char* var : {"TPCOMM_FORCE_NCCL", "TPCOMM_DISABLE_P2P"})
+      if (env_flag(var))
+        log(LogLevel::kWarn, std::string(var) + " is ignored on a loopback world (it has no NCCL to run ops through)");
+  }
+  Topology t;
+  t.world_size = c.world;
+  t.nodes = 1;
+  t.peer_access = true;  // one device: every rank's buffer is local memory
+  t.nvlink = false;      // no link between the ranks at all
+  t.nvml_available = false;
+  t.loopback = true;
+  t.fast_path = true;    // provisional until the probe, as on any world
+  c.topo = t;
+}
+
 static void gather_topology(const Communicator& comm, CommImpl& c) {
+  if (c.loopback) return gather_loopback_topology(comm, c);
   RankInfo me{};
   me.host_hash = host_hash();
   me.pid = static_cast<int32_t>(getpid());
@@ -257,6 +290,15 @@ static void setup_fast_path(const Communicator& comm, CommImpl& c) {
   c.blocks = env_int("TPCOMM_AR_BLOCKS", 128, 1, kMaxBlocks - 1);  // 128 beat 32/64/96/256 at 4-64 MiB (h200x2)
   c.ll_blocks = env_int("TPCOMM_AR_LL_BLOCKS", 64, 1, kMaxBlocks - 1);  // 64 beat 16/32 from 256 KiB up (h200x2)
   c.threads = env_int("TPCOMM_AR_THREADS", 512, 64, 512) / 32 * 32;
+  if (c.loopback) {
+    // The W ranks' grids share this GPU and every one of them spins on the others: they must be resident at once
+    // (comm_impl.h, loopback_max_ctas). Divided from the occupancy of the heaviest all-reduce kernel; these kernels
+    // use no shared memory, so registers and threads are what CTAs of different kernels share an SM by, and any
+    // mix of them fits where the heaviest alone does.
+    const int cap = loopback_max_ctas(c, all_reduce_min_ctas_per_sm(c.threads));
+    c.blocks = std::min(c.blocks, cap);
+    c.ll_blocks = std::min(c.ll_blocks, cap);
+  }
   // Data layout: [two-shot: 2 parities x (W slots + W gather) chunks][one-shot: 2 parities x W slots]
   //              [barrier-free: 3 buffers x W slots][pipelined barrier-free: 3 buffers x W slots]
   c.off_two = 0;
@@ -328,7 +370,12 @@ static void setup_fast_path(const Communicator& comm, CommImpl& c) {
 static void log_topology(const CommImpl& c) {
   if (c.rank != 0) return;
   std::ostringstream s;
-  if (c.topo.fast_path) {
+  if (c.topo.loopback && c.topo.fast_path) {
+    s << "fast path on: loopback world of " << c.world << " ranks on device " << c.device << " (one GPU, no NCCL; "
+      << "all-reduce grids " << c.blocks << "/" << c.ll_blocks << " CTAs per rank so all ranks are resident; timings "
+      << "measure nothing), probe ok";
+    log(LogLevel::kInfo, s.str());
+  } else if (c.topo.fast_path) {
     s << "fast path on: " << c.world << " ranks, peer access " << (c.topo.nvlink ? "over NVLink" : "(NVLink not confirmed by NVML)")
       << ", probe ok";
     log(LogLevel::kInfo, s.str());
@@ -426,6 +473,57 @@ std::vector<std::unique_ptr<Communicator>> Communicator::create_local(const std:
   return out;
 }
 
+std::vector<std::unique_ptr<Communicator>> Communicator::create_loopback(int world_size, int device,
+                                                                         const CommOptions& options) {
+  TPCOMM_ARG_CHECK(world_size >= 1 && world_size <= detail::kMaxRanks, "world_size",
+                   std::to_string(world_size) + " is outside [1, " + std::to_string(detail::kMaxRanks) + "]");
+  int ndev = 0;
+  TPCOMM_CUDA_CHECK(cudaGetDeviceCount(&ndev));
+  TPCOMM_ARG_CHECK(device >= 0 && device < ndev, "device",
+                   std::to_string(device) + " is not a visible CUDA device (" + std::to_string(ndev) + " visible)");
+  TPCOMM_ARG_CHECK(!options.force_nccl, "force_nccl", "a loopback world has no NCCL communicator to run ops through");
+  auto hub = std::make_shared<detail::LoopbackHub>(world_size);
+  std::vector<std::unique_ptr<Communicator>> out(world_size);
+  std::vector<std::exception_ptr> errors(world_size);
+  std::atomic<int> first_failed{-1};
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world_size; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        auto impl = std::make_unique<CommImpl>();
+        impl->rank = r;
+        impl->world = world_size;
+        impl->device = device;
+        impl->opts = options;
+        impl->loopback = true;
+        impl->hub = hub;
+        auto comm = finish(std::unique_ptr<Communicator>(new Communicator(std::move(impl))));
+        // The fast path is decided from all-gathered facts, so every rank comes to the same answer here.
+        if (!comm->fast_path())
+          throw Error(ErrorCode::kUnsupported, "create_loopback: the loopback world cannot run without its peer path: " +
+                                                   comm->topology().reason);
+        out[r] = std::move(comm);
+      } catch (...) {
+        errors[r] = std::current_exception();
+        int none = -1;
+        first_failed.compare_exchange_strong(none, r);
+        std::string what = "unknown error";
+        try {
+          std::rethrow_exception(errors[r]);
+        } catch (const std::exception& e) {
+          what = e.what();
+        } catch (...) {
+        }
+        // The others stop waiting for this rank in the host exchange at once (not after the timeout).
+        hub->abort("rank " + std::to_string(r) + " failed during create_loopback: " + what);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  if (first_failed.load() >= 0) std::rethrow_exception(errors[first_failed.load()]);  // the cause, not the echoes
+  return out;
+}
+
 Communicator::~Communicator() {
   try {
     destroy();
@@ -472,6 +570,7 @@ int Communicator::world_size() const { return impl_->world; }
 int Communicator::device() const { return impl_->device; }
 ncclComm_t Communicator::nccl() const {
   impl_->ensure_usable("nccl");
+  if (impl_->loopback) throw Error(ErrorCode::kUnsupported, "nccl: a loopback world has no NCCL communicator");
   return impl_->nccl;
 }
 const Topology& Communicator::topology() const { return impl_->topo; }
@@ -534,6 +633,10 @@ void Communicator::host_all_gather(const void* send, void* recv, std::size_t byt
   CommImpl& c = *impl_;
   c.ensure_usable("host_all_gather");
   TPCOMM_ARG_CHECK(bytes > 0, "bytes", "must be positive");
+  if (c.loopback) {
+    c.hub->all_gather(c.rank, send, recv, bytes, std::chrono::nanoseconds(c.timeout_ns));
+    return;
+  }
   const std::size_t need = bytes * c.world;
   if (need > c.scratch_bytes) {
     if (c.d_scratch) TPCOMM_CUDA_CHECK(cudaFree(c.d_scratch));
@@ -549,6 +652,11 @@ void Communicator::host_all_gather(const void* send, void* recv, std::size_t byt
 }
 
 void Communicator::host_barrier() const {
+  if (impl_->loopback) {
+    impl_->ensure_usable("host_barrier");
+    impl_->hub->barrier(impl_->rank, std::chrono::nanoseconds(impl_->timeout_ns));
+    return;
+  }
   int32_t x = 1;
   std::vector<int32_t> all(impl_->world);
   host_all_gather(&x, all.data(), sizeof(x));
