@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -40,6 +41,7 @@ AsyncTpState::~AsyncTpState() {
   if (d_epoch) cudaFree(d_epoch);
   if (d_counters) cudaFree(d_counters);
   if (scratch) cudaFree(scratch);
+  if (tmp) cudaFree(tmp);
   for (cudaEvent_t e : ev_chunk)
     if (e) cudaEventDestroy(e);
   if (ev_fork) cudaEventDestroy(ev_fork);
@@ -84,6 +86,20 @@ AsyncTpState& state(const Communicator& comm) {
   for (cudaEvent_t& e : s->ev_chunk) TPCOMM_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
   TPCOMM_CUDA_CHECK(cudaDeviceGetAttribute(&s->sm_count, cudaDevAttrMultiProcessorCount, c.device));
   s->lt = std::make_unique<LtGemm>(c.device);
+  // Load this file's kernels now: with lazy module loading, a first launch in the middle of a call could wait for
+  // a peer's kernel that is spinning on this rank (one context: loopback worlds, create_local).
+  const void* kernels[] = {reinterpret_cast<const void*>(atp_barrier_kernel), reinterpret_cast<const void*>(atp_wait_kernel),
+                           reinterpret_cast<const void*>(atp_push_kernel), reinterpret_cast<const void*>(atp_copy2d_kernel),
+                           reinterpret_cast<const void*>(atp_rs_reduce_kernel<__nv_bfloat16>),
+                           reinterpret_cast<const void*>(atp_rs_reduce_kernel<__half>),
+                           reinterpret_cast<const void*>(atp_rs_reduce_kernel<float>),
+                           reinterpret_cast<const void*>(atp_transpose_kernel<__nv_bfloat16>),
+                           reinterpret_cast<const void*>(atp_transpose_kernel<__half>),
+                           reinterpret_cast<const void*>(atp_transpose_kernel<float>)};
+  for (const void* k : kernels) {
+    cudaFuncAttributes attr;
+    TPCOMM_CUDA_CHECK(cudaFuncGetAttributes(&attr, k));
+  }
   c.atp = s;
   return *c.atp;
 }
@@ -318,7 +334,50 @@ void run_chunk(AsyncTpState& s, const ChunkGemm& g, cudaStream_t stream) {
     }
   }
   slices.flush(stream);
-  for (int o = 0; o < g.batch; ++o) s.lt->run(d, ptrs[o], stream);
+  if (!is_blockwise_a(g.sa)) {
+    for (int o = 0; o < g.batch; ++o) s.lt->run(d, ptrs[o], stream);
+    return;
+  }
+  // 1x128 x 128x128: cuBLASLt's block scaling in the orientation verified on H200 (our A in its A slot, fp32 D
+  // column-major into a scratch), then one transpose kernel per batch writes the row-major output, adding the bias.
+  d.d_col_major = true;
+  d.d_dtype = DType::kFloat32;
+  d.ldd = g.rows;
+  d.bias = false;
+  const std::size_t need = static_cast<std::size_t>(g.rows * g.n) * sizeof(float);
+  if (s.tmp_bytes < need) {
+    if (capturing(stream))
+      throw Error(ErrorCode::kInvalidState, "async TP: the blockwise GEMM scratch must grow to " + std::to_string(need) +
+                                                " bytes, which cannot happen during CUDA-graph capture; run the op once eagerly first");
+    TPCOMM_CUDA_CHECK(cudaStreamSynchronize(stream));
+    if (s.tmp) TPCOMM_CUDA_CHECK(cudaFree(s.tmp));
+    s.tmp = nullptr;
+    s.tmp_bytes = 0;
+    TPCOMM_CUDA_CHECK(cudaMalloc(&s.tmp, need));
+    s.tmp_bytes = need;
+  }
+  for (int o = 0; o < g.batch; ++o) {
+    LtGemmPtrs p = ptrs[o];
+    void* out = p.d;
+    p.d = s.tmp;
+    s.lt->run(d, p, stream);
+    AtpTransposeParams tp{};
+    tp.src = s.tmp;
+    tp.dst = out;
+    tp.bias = g.bias;
+    tp.rows = g.rows;
+    tp.cols = g.n;
+    tp.src_ld = g.rows;
+    tp.dst_ld = g.ldd;
+    const dim3 grid(static_cast<unsigned>((g.rows + 31) / 32), static_cast<unsigned>((g.n + 31) / 32)), block(32, 8);
+    switch (g.td) {
+      case DType::kBFloat16: atp_transpose_kernel<__nv_bfloat16><<<grid, block, 0, stream>>>(tp); break;
+      case DType::kFloat16: atp_transpose_kernel<__half><<<grid, block, 0, stream>>>(tp); break;
+      case DType::kFloat32: atp_transpose_kernel<float><<<grid, block, 0, stream>>>(tp); break;
+      default: throw Error(ErrorCode::kInternal, "transpose: output dtype");
+    }
+    TPCOMM_CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 void log_fallback_once(bool& logged, CommImpl& c, const char* op, const std::string& why) {
@@ -733,6 +792,7 @@ AsyncTpDecision resolve_all_gather_matmul(const Communicator& comm, const AllGat
     np.d_dtype = p.out_dtype[0];
     np.num_chunks = p.world;
     np.chunk_signals = reinterpret_cast<const uint32_t*>(args.a_shard.data);
+    np.sync = comm.impl().sync_ctx();
     np.scale = p.a_scale == ScaleMode::kTensorwise ? detail::NativeScale::kTensorwise
                : (p.a_scale == ScaleMode::kRowwiseSharded || p.a_scale == ScaleMode::kRowwiseReplicated) ? detail::NativeScale::kRowwise
                                                                                                            : detail::NativeScale::kNone;
@@ -740,6 +800,10 @@ AsyncTpDecision resolve_all_gather_matmul(const Communicator& comm, const AllGat
       np.N = p.N[i];
       np.b = args.b[i].data;
       np.d = args.out[i].data;
+      if (np.scale != detail::NativeScale::kNone) {  // stand-ins (the call passes the real, gathered ones)
+        np.a_scale = static_cast<const float*>(args.a_scale.data);
+        np.b_scale = static_cast<const float*>(args.b_scale[i].data);
+      }
       q.native_reason = detail::native_ag_gemm_unsupported(np, comm.device());
     }
   }
@@ -765,6 +829,9 @@ AsyncTpEngine all_gather_matmul(const Communicator& comm, const AllGatherMatmulA
                                                " engine cannot run this call: " + d.reason +
                                                " (set AsyncTpOptions::allow_fallback to run NCCL + cuBLASLt instead)");
   }
+  if (d.engine == AsyncTpEngine::kUnfused && comm.loopback())
+    throw Error(ErrorCode::kUnsupported, "all_gather_matmul: the unfused engine (NCCL) cannot run on a loopback world" +
+                                             std::string(d.fused || d.reason.empty() ? "" : ": " + d.reason));
   TPCOMM_CUDA_CHECK(cudaSetDevice(c.device));
   AsyncTpState& s = detail::state(comm);
   detail::ensure_workspace(comm, s, detail::ag_ws_bytes(p), stream);
@@ -801,6 +868,9 @@ AsyncTpEngine matmul_reduce_scatter(const Communicator& comm, const MatmulReduce
                                                " engine cannot run this call: " + d.reason +
                                                " (set AsyncTpOptions::allow_fallback to run cuBLASLt + NCCL instead)");
   }
+  if (d.engine == AsyncTpEngine::kUnfused && comm.loopback())
+    throw Error(ErrorCode::kUnsupported, "matmul_reduce_scatter: the unfused engine (NCCL) cannot run on a loopback world" +
+                                             std::string(d.fused || d.reason.empty() ? "" : ": " + d.reason));
   TPCOMM_CUDA_CHECK(cudaSetDevice(c.device));
   AsyncTpState& s = detail::state(comm);
   detail::ensure_workspace(comm, s, detail::rs_ws_bytes(p), stream);

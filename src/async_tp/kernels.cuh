@@ -169,4 +169,32 @@ __global__ void atp_copy2d_kernel(AtpCopy2dParams p) {
   }
 }
 
+struct AtpTransposeParams {
+  const float* src;  // rows x cols, column-major (ld src_ld >= rows): the unswapped cuBLASLt GEMM's fp32 D
+  void* dst;         // rows x cols, row-major (ld dst_ld >= cols), output dtype
+  const void* bias;  // cols values of the output dtype, or null
+  int64_t rows, cols, src_ld, dst_ld;
+};
+
+// 32x32 tiles through shared memory (33 columns: no bank conflicts on the transposed read); block (32, 8). The fp32
+// D is rounded once, after the bias is added, as cuBLASLt's bias epilogue does.
+template <typename T>
+__global__ void atp_transpose_kernel(AtpTransposeParams p) {
+  __shared__ float tile[32][33];
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * 32, c0 = static_cast<int64_t>(blockIdx.y) * 32;
+  for (int j = threadIdx.y; j < 32; j += blockDim.y) {
+    const int64_t c = c0 + j, r = r0 + threadIdx.x;
+    if (r < p.rows && c < p.cols) tile[j][threadIdx.x] = p.src[c * p.src_ld + r];
+  }
+  __syncthreads();
+  for (int j = threadIdx.y; j < 32; j += blockDim.y) {
+    const int64_t r = r0 + j, c = c0 + threadIdx.x;
+    if (r < p.rows && c < p.cols) {
+      float v = tile[threadIdx.x][j];
+      if (p.bias) v += AtpNum<T>::to_f(static_cast<const T*>(p.bias)[c]);
+      static_cast<T*>(p.dst)[r * p.dst_ld + c] = AtpNum<T>::from_f(v);
+    }
+  }
+}
+
 }  // namespace tpcomm::detail

@@ -80,7 +80,9 @@ LtGemm::Plan& LtGemm::plan(const LtGemmDesc& g) {
   const cudaDataType_t ta = to_cuda_dtype(g.a_dtype), tb = to_cuda_dtype(g.b_dtype), td = to_cuda_dtype(g.d_dtype);
   TPCOMM_LT_CHECK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
   // cuBLASLt "A" = our B, "B" = our A (see the header).
-  const cublasOperation_t op_a = g.b_col_major ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = CUBLAS_OP_N;
+  if (g.d_col_major && !g.b_col_major)
+    throw Error(ErrorCode::kInternal, "LtGemm: a column-major D needs the (n, k) weight layout of B");
+  const cublasOperation_t op_a = g.d_col_major ? CUBLAS_OP_T : (g.b_col_major ? CUBLAS_OP_T : CUBLAS_OP_N), op_b = CUBLAS_OP_N;
   TPCOMM_LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)), "TRANSA");
   TPCOMM_LT_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)), "TRANSB");
   std::string err;
@@ -95,14 +97,16 @@ LtGemm::Plan& LtGemm::plan(const LtGemmDesc& g) {
     const cublasLtMatmulMatrixScale_t m = lt_mode(s);
     if (cublasLtMatmulDescSetAttribute(p->op, attr, &m, sizeof(m)) != CUBLAS_STATUS_SUCCESS) err = what;
   };
-  set_mode(CUBLASLT_MATMUL_DESC_A_SCALE_MODE, g.b_scale, "B scale mode refused by cuBLASLt");
-  set_mode(CUBLASLT_MATMUL_DESC_B_SCALE_MODE, g.a_scale, "A scale mode refused by cuBLASLt");
+  // Which of our operands sits in cuBLASLt's A and B slots.
+  const LtScale slot_a = g.d_col_major ? g.a_scale : g.b_scale, slot_b = g.d_col_major ? g.b_scale : g.a_scale;
+  set_mode(CUBLASLT_MATMUL_DESC_A_SCALE_MODE, slot_a, "scale mode of cuBLASLt's A refused");
+  set_mode(CUBLASLT_MATMUL_DESC_B_SCALE_MODE, slot_b, "scale mode of cuBLASLt's B refused");
   // Dummy pointers for the heuristic (some FP8 checks look at them); replaced per call.
-  if (g.a_scale != LtScale::kNone) {
+  if (slot_b != LtScale::kNone) {
     const void* ptr = workspace_;
     cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &ptr, sizeof(ptr));
   }
-  if (g.b_scale != LtScale::kNone) {
+  if (slot_a != LtScale::kNone) {
     const void* ptr = workspace_;
     cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ptr, sizeof(ptr));
   }
@@ -119,10 +123,17 @@ LtGemm::Plan& LtGemm::plan(const LtGemmDesc& g) {
     cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptr, sizeof(ptr));
   }
   const uint64_t n = static_cast<uint64_t>(g.n), m = static_cast<uint64_t>(g.m), k = static_cast<uint64_t>(g.k);
-  if (g.b_col_major) TPCOMM_LT_CHECK(cublasLtMatrixLayoutCreate(&p->la, tb, k, n, g.ldb), "layout B");
-  else TPCOMM_LT_CHECK(cublasLtMatrixLayoutCreate(&p->la, tb, n, k, g.ldb), "layout B");
-  TPCOMM_LT_CHECK(cublasLtMatrixLayoutCreate(&p->lb, ta, k, m, g.lda), "layout A");
-  TPCOMM_LT_CHECK(cublasLtMatrixLayoutCreate(&p->ld, td, n, m, g.ldd), "layout D");
+  if (g.d_col_major) {
+    // la/lb hold cuBLASLt's A and B: our A (k x m, ld lda, transposed) and our B (k x n, ld ldb).
+    TPCOMM_LT_CHECK(cublasLtMatrixLayoutCreate(&p->la, ta, k, m, g.lda), "layout A");
+    TPCOMM_LT_CHECK(cublasLtMatrixLayoutCreate(&p->lb, tb, k, n, g.ldb), "layout B");
+    TPCOMM_LT_CHECK(cublasLtMatrixLayoutCreate(&p->ld, td, m, n, g.ldd), "layout D");
+  } else {
+    if (g.b_col_major) TPCOMM_LT_CHECK(cublasLtMatrixLayoutCreate(&p->la, tb, k, n, g.ldb), "layout B");
+    else TPCOMM_LT_CHECK(cublasLtMatrixLayoutCreate(&p->la, tb, n, k, g.ldb), "layout B");
+    TPCOMM_LT_CHECK(cublasLtMatrixLayoutCreate(&p->lb, ta, k, m, g.lda), "layout A");
+    TPCOMM_LT_CHECK(cublasLtMatrixLayoutCreate(&p->ld, td, n, m, g.ldd), "layout D");
+  }
   if (g.batch > 1) {
     const int32_t bc = g.batch;
     const int64_t sa = g.stride_b, sb = g.stride_a, sd = g.stride_d;
@@ -161,13 +172,17 @@ std::string LtGemm::supported(const LtGemmDesc& desc) { return plan(desc).error;
 void LtGemm::run(const LtGemmDesc& g, const LtGemmPtrs& ptrs, cudaStream_t stream) {
   Plan& p = plan(g);
   if (!p.error.empty()) throw Error(ErrorCode::kUnsupported, p.error);
-  if (g.a_scale != LtScale::kNone)
-    cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &ptrs.a_scale, sizeof(ptrs.a_scale));
-  if (g.b_scale != LtScale::kNone)
-    cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &ptrs.b_scale, sizeof(ptrs.b_scale));
+  const float* sa = g.d_col_major ? ptrs.a_scale : ptrs.b_scale;  // cuBLASLt's A slot
+  const float* sb = g.d_col_major ? ptrs.b_scale : ptrs.a_scale;
+  if ((g.d_col_major ? g.a_scale : g.b_scale) != LtScale::kNone)
+    cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof(sa));
+  if ((g.d_col_major ? g.b_scale : g.a_scale) != LtScale::kNone)
+    cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof(sb));
   if (g.bias) cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &ptrs.bias, sizeof(ptrs.bias));
   const float alpha = 1.0f, beta = g.accumulate ? 1.0f : 0.0f;
-  TPCOMM_LT_CHECK(cublasLtMatmul(handle_, p.op, &alpha, ptrs.b, p.la, ptrs.a, p.lb, &beta, ptrs.d, p.ld, ptrs.d, p.ld, &p.algo,
+  const void* slot_a = g.d_col_major ? ptrs.a : ptrs.b;
+  const void* slot_b = g.d_col_major ? ptrs.b : ptrs.a;
+  TPCOMM_LT_CHECK(cublasLtMatmul(handle_, p.op, &alpha, slot_a, p.la, slot_b, p.lb, &beta, ptrs.d, p.ld, ptrs.d, p.ld, &p.algo,
                                  workspace_, workspace_bytes_, stream),
                   "matmul");
 }

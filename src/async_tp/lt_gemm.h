@@ -37,11 +37,16 @@ struct LtGemmDesc {
   bool bias = false;
   bool fast_accum = false;
   bool accumulate = false;  // D += A @ B (beta = 1)
+  // D column-major (m x n, ld = ldd >= m) without the operand swap: cuBLASLt's A is our A, its B our B (which must
+  // be the (n, k) weight). The layout cuBLASLt's 1x128 x 128x128 block scaling was verified with on H200
+  // (tests/quantize/quant_gemm_gpu_test.cu): A VEC128 M-major, B BLK128x128 K-major; the async-TP engines then
+  // transpose D into the row-major output.
+  bool d_col_major = false;
 
   auto key() const {
     return std::make_tuple(m, n, k, static_cast<int>(a_dtype), static_cast<int>(b_dtype), static_cast<int>(d_dtype), lda,
                            b_col_major, ldb, ldd, batch, stride_a, stride_b, stride_d,
-                           static_cast<int>(a_scale) * 8 + static_cast<int>(b_scale), bias * 4 + fast_accum * 2 + accumulate);
+                           static_cast<int>(a_scale) * 8 + static_cast<int>(b_scale), bias * 8 + fast_accum * 4 + accumulate * 2 + d_col_major);
   }
 };
 

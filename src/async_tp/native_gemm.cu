@@ -1,9 +1,10 @@
 // The native async-TP GEMM (native_gemm.h): CUTLASS 4.x SM90 TMA warp-specialized cooperative GEMMs whose tile
 // scheduler (native_scheduler.cuh) waits on per-chunk signals. Three kernels:
 //   bf16 x bf16 -> bf16, fp32 accumulation, tile 128x256x64 (D = acc);
-//   e4m3 x e4m3 -> bf16, tile 128x256x128, tensorwise: D = acc * (a_scale[0] * b_scale[0]) (one scalar-broadcast node
+//   bf16, tile 256x128x64 (tile_config 1, for A/B measurements);
+//   e4m3 x e4m3 -> bf16, tile 128x128x128, tensorwise: D = acc * (a_scale[0] * b_scale[0]) (one scalar-broadcast node
 //     reading both device scalars and multiplying them; null pointers mean 1);
-//   e4m3 x e4m3 -> bf16, tile 128x256x128, rowwise: D[m][n] = acc * b_scale[n] * a_scale[m] (an EVT epilogue: row
+//   e4m3 x e4m3 -> bf16, tile 128x128x128, rowwise: D[m][n] = acc * b_scale[n] * a_scale[m] (an EVT epilogue: row
 //     broadcast of b_scale times the accumulator, then a column broadcast of a_scale).
 // All clusters of 2x1x1 (B multicast between the two CTAs). FP8 uses CUTLASS's accurate FP8 mainloop (the
 // accumulators are promoted to fp32 registers every 4 k-blocks, as cuBLASLt without fast accumulation does).
@@ -68,10 +69,13 @@ struct NativeKernel {
 };
 
 using Bf16Tile = Shape<_128, _256, _64>;
-using Fp8Tile = Shape<_128, _256, _128>;
+using Bf16TallTile = Shape<_256, _128, _64>;
+using Fp8Tile = Shape<_128, _128, _128>;
 static_assert(kNativeTileBf16.m == 128 && kNativeTileBf16.n == 256 && kNativeTileBf16.k == 64 &&
               kNativeTileBf16.cluster_m == 2, "native_plan.h's bf16 tile must match the kernel's");
-static_assert(kNativeTileFp8.m == 128 && kNativeTileFp8.n == 256 && kNativeTileFp8.k == 128 &&
+static_assert(kNativeTileBf16Tall.m == 256 && kNativeTileBf16Tall.n == 128 && kNativeTileBf16Tall.k == 64 &&
+              kNativeTileBf16Tall.cluster_m == 2, "native_plan.h's bf16 tall tile must match the kernel's");
+static_assert(kNativeTileFp8.m == 128 && kNativeTileFp8.n == 128 && kNativeTileFp8.k == 128 &&
               kNativeTileFp8.cluster_m == 2, "native_plan.h's FP8 tile must match the kernel's");
 
 using Bf16Fusion = fusion::LinearCombination<cutlass::bfloat16_t, float, void, float, kRound>;
@@ -89,6 +93,7 @@ using RowwiseFusion = fusion::Sm90EVT<
                     fusion::Sm90AccFetch>>;
 
 using KernelBf16 = NativeKernel<cutlass::bfloat16_t, Bf16Tile, Bf16Fusion>;
+using KernelBf16Tall = NativeKernel<cutlass::bfloat16_t, Bf16TallTile, Bf16Fusion>;
 using KernelFp8Tensorwise = NativeKernel<cutlass::float_e4m3_t, Fp8Tile, TensorwiseFusion>;
 using KernelFp8Rowwise = NativeKernel<cutlass::float_e4m3_t, Fp8Tile, RowwiseFusion>;
 
@@ -119,7 +124,8 @@ ParamsKey make_key(const NativeAgGemmParams& p, int device) {
   put(ptr(p.a_scale)); put(ptr(p.b_scale)); put(ptr(p.chunk_signals));
   put(static_cast<uint64_t>(p.num_chunks)); put(static_cast<uint64_t>(p.pivot_chunk));
   put(static_cast<uint64_t>(p.chunks_per_rank)); put(ptr(p.sync.error)); put(ptr(p.sync.abort));
-  put(p.sync.timeout_ns); put(static_cast<uint64_t>(p.raster_band)); put(static_cast<uint64_t>(device));
+  put(p.sync.timeout_ns); put(static_cast<uint64_t>(p.raster_band)); put(static_cast<uint64_t>(p.tile_config));
+  put(static_cast<uint64_t>(device));
   return k;
 }
 
@@ -260,7 +266,7 @@ class Launcher {
 
   template <class FusionArgs>
   static void set_fusion_args(FusionArgs& f, const NativeAgGemmParams& p) {
-    if constexpr (std::is_same_v<K, KernelBf16>) {
+    if constexpr (std::is_same_v<K, KernelBf16> || std::is_same_v<K, KernelBf16Tall>) {
       f.alpha = 1.0f;
       f.beta = 0.0f;
     } else if constexpr (std::is_same_v<K, KernelFp8Tensorwise>) {
@@ -291,7 +297,9 @@ void launch_native_ag_gemm(const NativeAgGemmParams& p, cudaStream_t stream) {
   TPCOMM_CUDA_CHECK(cudaGetDevice(&device));
   why = native_ag_gemm_unsupported(p, device);
   if (!why.empty()) throw Error(ErrorCode::kUnsupported, "native GEMM: " + why);
-  if (p.ab_dtype == DType::kBFloat16) {
+  if (p.ab_dtype == DType::kBFloat16 && p.tile_config == 1) {
+    Launcher<KernelBf16Tall>::instance().launch(p, stream);
+  } else if (p.ab_dtype == DType::kBFloat16) {
     Launcher<KernelBf16>::instance().launch(p, stream);
   } else if (p.scale == NativeScale::kRowwise) {
     Launcher<KernelFp8Rowwise>::instance().launch(p, stream);

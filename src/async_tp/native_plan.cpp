@@ -23,7 +23,8 @@ std::string num(int64_t v) { return std::to_string(v); }
 }  // namespace
 
 NativeTileShape native_tile_shape(const NativeAgGemmParams& p) {
-  return p.ab_dtype == DType::kFloat8E4M3 ? kNativeTileFp8 : kNativeTileBf16;
+  if (p.ab_dtype == DType::kFloat8E4M3) return kNativeTileFp8;
+  return p.tile_config == 1 ? kNativeTileBf16Tall : kNativeTileBf16;
 }
 
 NativeSchedule make_native_schedule(int64_t M, int64_t N, int num_chunks, int pivot_chunk, const NativeTileShape& tile,
@@ -78,6 +79,7 @@ std::string native_invalid_argument(const NativeAgGemmParams& p) {
   }
   if (p.max_ctas < 0) return "max_ctas: must be >= 0, got " + num(p.max_ctas);
   if (p.raster_band < 0) return "raster_band: must be >= 0, got " + num(p.raster_band);
+  if (p.tile_config != 0 && p.tile_config != 1) return "tile_config: must be 0 or 1, got " + num(p.tile_config);
   return {};
 }
 
@@ -100,6 +102,7 @@ std::string native_unsupported_host(const NativeAgGemmParams& p) {
     return "ldb: column stride of B (" + num(ldb) + " elements) is not a multiple of 16 bytes (TMA)";
   if ((ldd * 2) % 16 != 0)
     return "ldd: row stride of D (" + num(ldd) + " elements) is not a multiple of 16 bytes (TMA)";
+  if (p.tile_config == 1 && p.ab_dtype != DType::kBFloat16) return "tile_config: 1 (256x128x64) is built for bf16 only";
   if (p.max_ctas == 1) return "max_ctas: 1 is below one cluster (the kernel runs CTAs in pairs)";
   const NativeTileShape t = native_tile_shape(p);
   const int64_t work = ceil_div(ceil_div(p.M, t.m), t.cluster_m) * ceil_div(p.N, t.n);

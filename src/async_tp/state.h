@@ -31,6 +31,8 @@ struct AsyncTpState {
   uint32_t* d_epoch = nullptr;           // barrier epoch (local)
   uint32_t* d_counters = nullptr;        // [kAtpMaxRanks] push-kernel completion counters (local, zero between launches)
   char* scratch = nullptr;               // local arena for aligned scale slices, reset per call
+  float* tmp = nullptr;                  // fp32 column-major D of blockwise-scaled GEMMs (reused per GEMM)
+  std::size_t tmp_bytes = 0;
   std::size_t scratch_bytes = 0, scratch_used = 0;
   cudaStream_t side = nullptr;           // transfers (copy engine or the SM push kernel)
   cudaEvent_t ev_fork = nullptr, ev_join = nullptr;

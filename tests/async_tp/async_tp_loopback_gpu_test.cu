@@ -165,8 +165,7 @@ int64_t prod(const std::vector<int64_t>& s, int from, int to) {
 }
 
 // Runs one AG case on a fresh world, checks every rank's outputs against float64, bitwise across ranks.
-void run_ag_case(const AgCase& c, int repeats = 2) {
-  SCOPED_TRACE(describe(c));
+void run_ag_case_body(const AgCase& c, int repeats) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   test::SplitMix64 rng(seed);
@@ -355,6 +354,16 @@ void run_ag_case(const AgCase& c, int repeats = 2) {
   for (int r = 0; r < W; ++r) EXPECT_GE(w.comms[r]->stats().async_tp_fused_calls, static_cast<uint64_t>(repeats));
 }
 
+// An exception (a device error surfacing in synchronize, a host error) fails the case with its description.
+void run_ag_case(const AgCase& c, int repeats = 2) {
+  SCOPED_TRACE(describe(c));
+  try {
+    run_ag_case_body(c, repeats);
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << e.what();
+  }
+}
+
 struct RsCase {
   int world = 2;
   std::vector<int64_t> a;  // A sizes (last = k)
@@ -369,10 +378,19 @@ struct RsCase {
   bool bias = false;
 };
 
+void run_rs_case_body(const RsCase& c, int repeats);
 void run_rs_case(const RsCase& c, int repeats = 2) {
   SCOPED_TRACE("RS W=" + std::to_string(c.world) + " scatter_dim=" + std::to_string(c.scatter_dim) + " dtype=" +
                dtype_name(c.dtype) + " fp8mode=" + std::to_string(static_cast<int>(c.fp8)) + " transport=" +
                async_tp_transport_name(c.transport));
+  try {
+    run_rs_case_body(c, repeats);
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << e.what();
+  }
+}
+
+void run_rs_case_body(const RsCase& c, int repeats) {
   const uint64_t seed = test::fresh_seed();
   SCOPED_TRACE("seed " + std::to_string(seed));
   test::SplitMix64 rng(seed);
