@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -121,8 +122,17 @@ std::vector<uint16_t> random_bf16(size_t n, uint64_t seed) {
   return h;
 }
 
-// Random e4m3 codes: every finite code (0x7F / 0xFF are NaN), so magnitudes span 2^-9 .. 448.
+// e4m3 codes of uniform(-448, 448) values (RNE): what an amax-scaled quantizer produces.
 std::vector<uint8_t> random_e4m3(size_t n, uint64_t seed) {
+  test::SplitMix64 rng(seed);
+  std::vector<uint8_t> h(n);
+  for (auto& v : h) v = qref::fp8_encode(static_cast<float>(rng.uniform(-448.0, 448.0)), quant::Fp8Format::kE4M3);
+  return h;
+}
+
+// Every finite e4m3 code with equal probability (0x7F / 0xFF are NaN): magnitudes from 2^-9 to 448, a few products
+// dominate each sum.
+std::vector<uint8_t> random_e4m3_codes(size_t n, uint64_t seed) {
   test::SplitMix64 rng(seed);
   std::vector<uint8_t> h(n);
   for (auto& v : h) {
@@ -142,6 +152,7 @@ struct LtGemm {
   void* ws = nullptr;
   static constexpr size_t kWs = size_t(32) << 20;
   int64_t M = -1, N = -1, K = -1;
+  bool fp8 = false;
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t lw = nullptr, la = nullptr, ld = nullptr;
   cublasLtMatmulAlgo_t algo{};
@@ -163,15 +174,27 @@ struct LtGemm {
     lw = la = ld = nullptr;
     M = N = K = -1;
   }
-  bool plan(int64_t m, int64_t n, int64_t k) {
-    if (m == M && n == N && k == K) return true;
+  // bf16 x bf16, or e4m3 x e4m3 with tensorwise (SCALAR_32F) scales given per call; bf16 output.
+  bool plan(int64_t m, int64_t n, int64_t k, bool use_fp8) {
+    if (m == M && n == N && k == K && use_fp8 == fp8) return true;
     release();
     if (cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS) return false;
     const cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
     cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof(tA));
     cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof(tB));
-    cublasLtMatrixLayoutCreate(&lw, CUDA_R_16BF, k, n, k);
-    cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, k, m, k);
+    const cudaDataType_t in = use_fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+    if (use_fp8) {  // scale pointers must be set before the heuristic query; the real ones are set per call
+      static float* one = nullptr;
+      if (!one) {
+        cudaMalloc(&one, sizeof(float));
+        const float v = 1.0f;
+        cudaMemcpy(one, &v, sizeof(v), cudaMemcpyHostToDevice);
+      }
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &one, sizeof(one));
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &one, sizeof(one));
+    }
+    cublasLtMatrixLayoutCreate(&lw, in, k, n, k);
+    cublasLtMatrixLayoutCreate(&la, in, k, m, k);
     cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, n, m, n);
     cublasLtMatmulPreference_t pref = nullptr;
     cublasLtMatmulPreferenceCreate(&pref);
@@ -189,10 +212,21 @@ struct LtGemm {
     M = m;
     N = n;
     K = k;
+    fp8 = use_fp8;
     return true;
   }
   bool run(const void* a, const void* w, void* d, int64_t m, int64_t n, int64_t k, cudaStream_t s) {
-    if (!plan(m, n, k)) return false;
+    if (!plan(m, n, k, false)) return false;
+    const float alpha = 1.0f, beta = 0.0f;
+    return cublasLtMatmul(h, op, &alpha, w, lw, a, la, &beta, d, ld, d, ld, &algo, ws, kWs, s) ==
+           CUBLAS_STATUS_SUCCESS;
+  }
+  // D = (A * a_scale[0]) . (W * w_scale[0])^T, e4m3 operands (cuBLASLt's A operand is W here).
+  bool run_fp8(const void* a, const float* a_scale, const void* w, const float* w_scale, void* d, int64_t m, int64_t n,
+               int64_t k, cudaStream_t s) {
+    if (!plan(m, n, k, true)) return false;
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof(w_scale));
+    cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof(a_scale));
     const float alpha = 1.0f, beta = 0.0f;
     return cublasLtMatmul(h, op, &alpha, w, lw, a, la, &beta, d, ld, d, ld, &algo, ws, kWs, s) ==
            CUBLAS_STATUS_SUCCESS;
@@ -256,11 +290,16 @@ void CUDART_CB sleep_us(void* arg) {
 
 enum class Feeder { kCopyEngine, kKernel };
 
-// Everything one fed run needs: the true A (staging), the GEMM's A (poisoned, filled chunk by chunk), signals.
+// Everything one fed run needs: the true A (staging on the device, and a pinned host copy), the GEMM's A (poisoned,
+// filled chunk by chunk), signals. The copy-engine feeder copies from the pinned host copy: a host-to-device copy
+// always runs on a copy engine, while a same-device device-to-device cudaMemcpyAsync may be done by a kernel, which
+// cannot start while the GEMM's persistent grid holds every SM (seen on nvidia-h200: the signal after such a copy
+// never came, the wait timed out).
 struct FedRun {
   int64_t M, K, elem;
   int num_chunks, pivot;
   const void* staging;
+  const void* host_staging;
   void* a;
   uint32_t* signals;
   cudaStream_t main, feed;
@@ -291,8 +330,9 @@ struct FedRun {
         const uintptr_t us = (i == 0 ? 300 : 0) + rng.next() % 700;
         cudaLaunchHostFunc(feed, sleep_us, reinterpret_cast<void*>(us));
         const int c = order[i];
-        cudaMemcpyAsync(static_cast<uint8_t*>(a) + c * chunk_bytes, static_cast<const uint8_t*>(staging) + c * chunk_bytes,
-                        chunk_bytes, cudaMemcpyDeviceToDevice, feed);
+        cudaMemcpyAsync(static_cast<uint8_t*>(a) + c * chunk_bytes,
+                        static_cast<const uint8_t*>(host_staging) + c * chunk_bytes, chunk_bytes,
+                        cudaMemcpyHostToDevice, feed);
         stream_write_value32(feed, signals + c, 1u);
       }
     } else {
@@ -312,6 +352,17 @@ struct FedRun {
       cudaFreeAsync(d_delay, feed);
     }
   }
+};
+
+// Pinned host memory holding a copy of `bytes` bytes of `src`.
+struct PinnedCopy {
+  void* p = nullptr;
+  PinnedCopy(const void* src, size_t bytes) {
+    if (cudaMallocHost(&p, bytes) == cudaSuccess) std::memcpy(p, src, bytes);
+  }
+  ~PinnedCopy() { cudaFreeHost(p); }
+  PinnedCopy(const PinnedCopy&) = delete;
+  PinnedCopy& operator=(const PinnedCopy&) = delete;
 };
 
 struct Streams {
@@ -358,12 +409,14 @@ TEST(NativeGemmGpu, Bf16FedInRandomOrderMatchesCublasLt) {
     const auto ha = random_bf16(staging.n, seed + 17 * s.M), hb = random_bf16(b.n, seed ^ (s.N * 31 + s.K));
     CUDA_OK(h2d(staging.p, ha.data(), staging.bytes()));
     CUDA_OK(h2d(b.p, hb.data(), b.bytes()));
+    PinnedCopy pinned(ha.data(), staging.bytes());
+    ASSERT_NE(pinned.p, nullptr);
     ASSERT_TRUE(lt.run(staging.p, b.p, ref.p, s.M, s.N, s.K, st.main));
     CUDA_OK(cudaStreamSynchronize(st.main));
     for (int pivot = 0; pivot < s.chunks; ++pivot, ++run) {
       const Feeder feeder = run % 2 ? Feeder::kKernel : Feeder::kCopyEngine;
       SCOPED_TRACE("pivot " + std::to_string(pivot) + (feeder == Feeder::kKernel ? " kernel feeder" : " copy engine"));
-      FedRun fr{s.M, s.K, 2, s.chunks, pivot, staging.p, a.p, signals.p, st.main, st.feed, feeder, seed + run};
+      FedRun fr{s.M, s.K, 2, s.chunks, pivot, staging.p, pinned.p, a.p, signals.p, st.main, st.feed, feeder, seed + run};
       fr.prepare();
       CUDA_OK(cudaMemsetAsync(d.p, 0xFF, d.bytes(), st.main));
       NativeAgGemmParams p;
@@ -412,6 +465,8 @@ TEST(NativeGemmGpu, Fp8FedInRandomOrderMatchesFloat64) {
       DevBuf<float> dsa(sa.size()), dsb(sb.size());
       DevBuf<uint32_t> signals(s.chunks);
       CUDA_OK(h2d(staging.p, ha.data(), ha.size()));
+      PinnedCopy pinned(ha.data(), ha.size());
+      ASSERT_NE(pinned.p, nullptr);
       CUDA_OK(h2d(b.p, hb.data(), hb.size()));
       CUDA_OK(h2d(dsa.p, sa.data(), dsa.bytes()));
       CUDA_OK(h2d(dsb.p, sb.data(), dsb.bytes()));
@@ -439,7 +494,7 @@ TEST(NativeGemmGpu, Fp8FedInRandomOrderMatchesFloat64) {
       for (int pivot : {0, s.chunks - 1}) {
         SCOPED_TRACE("pivot " + std::to_string(pivot));
         const Feeder feeder = run % 2 ? Feeder::kKernel : Feeder::kCopyEngine;
-        FedRun fr{s.M, s.K, 1, s.chunks, pivot, staging.p, a.p, signals.p, st.main, st.feed, feeder, seed + run};
+        FedRun fr{s.M, s.K, 1, s.chunks, pivot, staging.p, pinned.p, a.p, signals.p, st.main, st.feed, feeder, seed + run};
         ++run;
         fr.prepare();
         CUDA_OK(cudaMemsetAsync(d.p, 0xFF, d.bytes(), st.main));
@@ -663,8 +718,11 @@ TEST(NativeGemmGpu, StridedOperandsWriteOnlyTheirSlice) {
   EXPECT_EQ(touched, 0) << "elements outside the output slice were written";
 }
 
-// Timing with all signals preset: the native kernel (default band and a sweep) against cuBLASLt's heuristic choice,
-// CUDA-event medians of 20 back-to-back launches; each kernel's output is checked against cuBLASLt's.
+// Timing with all signals preset: the native kernel against cuBLASLt's heuristic choice on the same data, bf16 (the
+// default tiles, a wide raster band, the 256x128 tiles) and FP8 tensorwise. CUDA-event medians of 20 launches per
+// variant, the variants interleaved launch by launch (so clock and temperature drift spreads over all of them), each
+// launch behind a 100 us GPU sleep so the host's launch work stays outside the events. Every output is checked
+// against cuBLASLt's.
 TEST(NativeGemmGpu, TimingVsCublasLtSignalsPreset) {
   SKIP_IF_UNSUPPORTED();
   const Shape shapes[] = {{4096, 3584, 8192, 2}, {8192, 14336, 8192, 2}};
@@ -678,57 +736,199 @@ TEST(NativeGemmGpu, TimingVsCublasLtSignalsPreset) {
   for (const Shape& s : shapes) {
     SCOPED_TRACE(shape_name(s));
     DevBuf<uint16_t> a(s.M * s.K), b(s.N * s.K), d(s.M * s.N), ref(s.M * s.N);
+    DevBuf<uint8_t> a8(s.M * s.K), b8(s.N * s.K);
+    DevBuf<uint16_t> d8(s.M * s.N), ref8(s.M * s.N);
+    DevBuf<float> scales(2);
     DevBuf<uint32_t> signals(s.chunks);
+    ASSERT_TRUE(a.p && b.p && d.p && ref.p && a8.p && b8.p && d8.p && ref8.p);
     CUDA_OK(cudaMemset(signals.p, 0x01, s.chunks * 4));
-    CUDA_OK(cudaDeviceSynchronize());
-    const auto ha = random_bf16(a.n, 11), hb = random_bf16(b.n, 12);
-    CUDA_OK(h2d(a.p, ha.data(), a.bytes()));
-    CUDA_OK(h2d(b.p, hb.data(), b.bytes()));
-    auto median_us = [&](auto&& launch) {
-      std::vector<float> t;
-      launch();  // warm-up
-      for (int i = 0; i < reps; ++i) {
+    {
+      const auto ha = random_bf16(a.n, 11), hb = random_bf16(b.n, 12);
+      CUDA_OK(h2d(a.p, ha.data(), a.bytes()));
+      CUDA_OK(h2d(b.p, hb.data(), b.bytes()));
+      const auto ha8 = random_e4m3(a8.n, 13), hb8 = random_e4m3(b8.n, 14);
+      CUDA_OK(h2d(a8.p, ha8.data(), a8.bytes()));
+      CUDA_OK(h2d(b8.p, hb8.data(), b8.bytes()));
+      const float hs[2] = {1.0f / 448, 1.0f / 448};  // dequantized values in (-1, 1), like the bf16 data
+      CUDA_OK(h2d(scales.p, hs, sizeof(hs)));
+    }
+    auto native = [&](DType dt, int band, int config) {
+      NativeAgGemmParams p;
+      const bool fp8 = dt == DType::kFloat8E4M3;
+      p.a = fp8 ? static_cast<const void*>(a8.p) : a.p;
+      p.b = fp8 ? static_cast<const void*>(b8.p) : b.p;
+      p.d = fp8 ? d8.p : d.p;
+      p.M = s.M;
+      p.N = s.N;
+      p.K = s.K;
+      p.ab_dtype = dt;
+      if (fp8) {
+        p.scale = NativeScale::kTensorwise;
+        p.a_scale = scales.p;
+        p.b_scale = scales.p + 1;
+      }
+      p.chunk_signals = signals.p;
+      p.num_chunks = s.chunks;
+      p.raster_band = band;
+      p.tile_config = config;
+      p.sync = sync.ctx(uint64_t(10) * 1000000000ull);
+      return p;
+    };
+    struct Variant {
+      std::string name;
+      std::function<void()> launch;
+      std::vector<float> us;
+    };
+    const NativeAgGemmParams p_def = native(DType::kBFloat16, 0, 0), p_band = native(DType::kBFloat16, 16, 0),
+                             p_tall = native(DType::kBFloat16, 0, 1), p_fp8 = native(DType::kFloat8E4M3, 0, 0);
+    std::vector<Variant> v;
+    v.push_back({"bf16 cublaslt", [&] { lt.run(a.p, b.p, ref.p, s.M, s.N, s.K, st.main); }, {}});
+    v.push_back({"bf16 native 128x256 band 4", [&] { detail::launch_native_ag_gemm(p_def, st.main); }, {}});
+    v.push_back({"bf16 native 128x256 band 16", [&] { detail::launch_native_ag_gemm(p_band, st.main); }, {}});
+    v.push_back({"bf16 native 256x128 band 4", [&] { detail::launch_native_ag_gemm(p_tall, st.main); }, {}});
+    v.push_back({"fp8 tensorwise cublaslt",
+                 [&] { lt.run_fp8(a8.p, scales.p, b8.p, scales.p + 1, ref8.p, s.M, s.N, s.K, st.main); }, {}});
+    v.push_back({"fp8 tensorwise native 128x128", [&] { detail::launch_native_ag_gemm(p_fp8, st.main); }, {}});
+    for (auto& x : v) x.launch();  // warm-up (plans, caches)
+    CUDA_OK(cudaStreamSynchronize(st.main));
+    for (int i = 0; i < reps; ++i)
+      for (auto& x : v) {
         gpu_sleep_kernel<<<1, 1, 0, st.main>>>(100000);
         cudaEventRecord(e0, st.main);
-        launch();
+        x.launch();
         cudaEventRecord(e1, st.main);
         cudaEventSynchronize(e1);
         float ms = 0;
         cudaEventElapsedTime(&ms, e0, e1);
-        t.push_back(ms * 1000.0f);
+        x.us.push_back(ms * 1000.0f);
       }
-      std::sort(t.begin(), t.end());
-      return t[t.size() / 2];
-    };
-    const float lt_us = median_us([&] { lt.run(a.p, b.p, ref.p, s.M, s.N, s.K, st.main); });
-    const double tflops = 2.0 * s.M * s.N * s.K / 1e12;
-    std::printf("native_timing %s cublaslt      %9.1f us %6.1f TFLOP/s\n", shape_name(s).c_str(), lt_us,
-                tflops / (lt_us * 1e-6));
-    for (int band : {0, 1, 2, 8, 16}) {
-      NativeAgGemmParams p;
-      p.a = a.p;
-      p.b = b.p;
-      p.d = d.p;
-      p.M = s.M;
-      p.N = s.N;
-      p.K = s.K;
-      p.chunk_signals = signals.p;
-      p.num_chunks = s.chunks;
-      p.pivot_chunk = 0;
-      p.raster_band = band;
-      p.sync = sync.ctx(uint64_t(10) * 1000000000ull);
-      CUDA_OK(cudaMemsetAsync(d.p, 0xFF, d.bytes(), st.main));
-      const float us = median_us([&] { detail::launch_native_ag_gemm(p, st.main); });
-      std::printf("native_timing %s native band %2d %9.1f us %6.1f TFLOP/s  ratio to cublaslt %.3f\n",
-                  shape_name(s).c_str(), band == 0 ? detail::kNativeDefaultBand : band, us, tflops / (us * 1e-6),
-                  us / lt_us);
-      EXPECT_EQ(count_bad(d.p, ref.p, s.M * s.N, s.K), 0ull) << "band " << band;
+    CUDA_OK(cudaGetLastError());
+    const double tflop = 2.0 * s.M * s.N * s.K / 1e12;
+    float base = 0;
+    for (auto& x : v) {
+      std::sort(x.us.begin(), x.us.end());
+      const float med = x.us[x.us.size() / 2];
+      if (x.name.find("cublaslt") != std::string::npos) base = med;
+      std::printf("native_timing %-24s %-30s median %8.1f us (min %8.1f) %6.1f TFLOP/s  ratio to cublaslt %.3f\n",
+                  shape_name(s).c_str(), x.name.c_str(), med, x.us.front(), tflop / (med * 1e-6), med / base);
     }
     std::fflush(stdout);
+    // Outputs of the last launches: bf16 natives (the 256x128 one ran last) and FP8 against cuBLASLt's.
+    EXPECT_EQ(count_bad(d.p, ref.p, s.M * s.N, s.K), 0ull);
+    EXPECT_EQ(count_bad(d8.p, ref8.p, s.M * s.N, s.K), 0ull);
   }
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   EXPECT_EQ(sync.code(), 0u);
+}
+
+// Platform probe, run by hand (--gtest_also_run_disabled_tests): prints, asserts nothing.
+//  1. Does a same-device cudaMemcpyAsync (device to device) complete while the native GEMM's persistent grid holds
+//     every SM and waits for the signal written after that copy? Plain, and through cudaMemcpyBatchAsync with
+//     cudaMemcpyFlagPreferOverlapWithCompute.
+//  2. On e4m3 data spanning every finite code, how many elements of the native FP8 kernel and of cuBLASLt fall outside
+//     2^-8 |r| + 2^-12 sum|a b| of the float64 result?
+TEST(NativeGemmGpu, DISABLED_PlatformProbe) {
+  SKIP_IF_UNSUPPORTED();
+  Streams st;
+  for (int mode = 0; mode < 2; ++mode) {
+    SyncState sync;
+    const int64_t M = 4096, N = 2048, K = 1024, half = M / 2 * K;
+    DevBuf<uint16_t> staging(M * K), a(M * K), b(N * K), d(M * N);
+    DevBuf<uint32_t> signals(2);
+    CUDA_OK(cudaMemset(signals.p, 0, 8));
+    CUDA_OK(cudaMemset(signals.p, 0x01, 4));
+    CUDA_OK(cudaMemset(b.p, 0, b.bytes()));
+    CUDA_OK(cudaDeviceSynchronize());
+    NativeAgGemmParams p;
+    p.a = a.p;
+    p.b = b.p;
+    p.d = d.p;
+    p.M = M;
+    p.N = N;
+    p.K = K;
+    p.chunk_signals = signals.p;
+    p.num_chunks = 2;
+    p.sync = sync.ctx(2000ull * 1000000);  // 2 s
+    detail::launch_native_ag_gemm(p, st.main);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the grid is resident and waiting
+    if (mode == 0) {
+      cudaMemcpyAsync(a.p + half, staging.p + half, half * 2, cudaMemcpyDeviceToDevice, st.feed);
+    } else {
+      void* dst = a.p + half;
+      const void* src = staging.p + half;
+      size_t bytes = half * 2, idx = 0;
+      cudaMemcpyAttributes attr{};
+      attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+      attr.flags = cudaMemcpyFlagPreferOverlapWithCompute;
+      const cudaError_t e = cudaMemcpyBatchAsync(&dst, &src, &bytes, 1, &attr, &idx, 1, st.feed);
+      if (e != cudaSuccess) std::printf("probe: cudaMemcpyBatchAsync: %s\n", cudaGetErrorString(e));
+    }
+    stream_write_value32(st.feed, signals.p + 1, 1u);
+    CUDA_OK(cudaStreamSynchronize(st.main));
+    CUDA_OK(cudaStreamSynchronize(st.feed));
+    std::printf("probe: same-device D2D copy %s beside a full waiting grid: %s\n",
+                mode == 0 ? "cudaMemcpyAsync" : "cudaMemcpyBatchAsync(PreferOverlapWithCompute)",
+                sync.code() == 0 ? "completed, the GEMM went on" : "did not complete until the 2 s timeout");
+  }
+  {
+    SyncState sync;
+    LtGemm lt;
+    const int64_t M = 1024, N = 776, K = 512;
+    const auto ha = random_e4m3_codes(M * K, 21), hb = random_e4m3_codes(N * K, 22);
+    const float hs[2] = {0.25f, 2.0f};
+    DevBuf<uint8_t> a(M * K), b(N * K);
+    DevBuf<uint16_t> d(M * N), dl(M * N);
+    DevBuf<float> sc(2);
+    DevBuf<uint32_t> signals(1);
+    CUDA_OK(h2d(a.p, ha.data(), ha.size()));
+    CUDA_OK(h2d(b.p, hb.data(), hb.size()));
+    CUDA_OK(h2d(sc.p, hs, sizeof(hs)));
+    CUDA_OK(cudaMemset(signals.p, 0x01, 4));
+    CUDA_OK(cudaDeviceSynchronize());
+    NativeAgGemmParams p;
+    p.a = a.p;
+    p.b = b.p;
+    p.d = d.p;
+    p.M = M;
+    p.N = N;
+    p.K = K;
+    p.ab_dtype = DType::kFloat8E4M3;
+    p.scale = NativeScale::kTensorwise;
+    p.a_scale = sc.p;
+    p.b_scale = sc.p + 1;
+    p.chunk_signals = signals.p;
+    p.sync = sync.ctx(uint64_t(10) * 1000000000ull);
+    detail::launch_native_ag_gemm(p, st.main);
+    ASSERT_TRUE(lt.run_fp8(a.p, sc.p, b.p, sc.p + 1, dl.p, M, N, K, st.main));
+    CUDA_OK(cudaStreamSynchronize(st.main));
+    std::vector<uint16_t> hd(d.n), hl(dl.n);
+    CUDA_OK(cudaMemcpy(hd.data(), d.p, d.bytes(), cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(hl.data(), dl.p, dl.bytes(), cudaMemcpyDeviceToHost));
+    int64_t bad_native = 0, bad_lt = 0;
+    double worst_native = 0, worst_lt = 0;
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        double r = 0, mag = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          const double x = qref::fp8_decode(ha[m * K + k], quant::Fp8Format::kE4M3) * hs[0] *
+                           qref::fp8_decode(hb[n * K + k], quant::Fp8Format::kE4M3) * hs[1];
+          r += x;
+          mag += std::fabs(x);
+        }
+        const double tol = std::ldexp(std::fabs(r), -8) + std::ldexp(mag, -12);
+        const double en = std::fabs(qref::bf16_to_float(hd[m * N + n]) - r), el = std::fabs(qref::bf16_to_float(hl[m * N + n]) - r);
+        if (!(en <= tol)) ++bad_native;
+        if (!(el <= tol)) ++bad_lt;
+        if (mag > 0) {
+          worst_native = std::max(worst_native, en / mag);
+          worst_lt = std::max(worst_lt, el / mag);
+        }
+      }
+    std::printf("probe: fp8 every-code data %lldx%lldx%lld: outside the bound native %lld, cublaslt %lld; worst |err|/sum|ab| "
+                "native %.3g, cublaslt %.3g\n",
+                (long long)M, (long long)N, (long long)K, (long long)bad_native, (long long)bad_lt, worst_native, worst_lt);
+  }
 }
 
 }  // namespace

@@ -176,6 +176,30 @@ TEST(NativePlan, TileChunkRanges) {
   }
 }
 
+// The 256-row tiles of tile_config 1: groups of 512 rows, still every tile once.
+TEST(NativePlan, TallTiles) {
+  NativeAgGemmParams p;
+  p.tile_config = 1;
+  const NativeTileShape t = native_tile_shape(p);
+  EXPECT_EQ(t.m, 256);
+  EXPECT_EQ(t.n, 128);
+  const NativeSchedule s = make_native_schedule(1920, 776, 4, 3, t, 0);
+  EXPECT_EQ(s.tiles_m, 8);  // 1920 / 256 = 7.5
+  EXPECT_EQ(s.tiles_n, 7);
+  EXPECT_EQ(s.first_tile, 6);  // chunk 3 starts at row 1440: 5.6 tiles -> the tile at row 1536
+  std::set<std::pair<int32_t, int32_t>> seen;
+  for (const Visit& v : all_visits(s))
+    if (v.t.m < s.tiles_m) EXPECT_TRUE(seen.insert({v.t.m, v.t.n}).second);
+  EXPECT_EQ(static_cast<int64_t>(seen.size()), int64_t(s.tiles_m) * s.tiles_n);
+  int32_t f, l;
+  native_tile_chunks(s, 7, &f, &l);  // rows 1792..1919 (partial): chunk 3
+  EXPECT_EQ(f, 3);
+  EXPECT_EQ(l, 3);
+  native_tile_chunks(s, 1, &f, &l);  // rows 256..511: chunks 0 (..479) and 1
+  EXPECT_EQ(f, 0);
+  EXPECT_EQ(l, 1);
+}
+
 TEST(NativePlan, FirstTileSkipsAStraddlingTile) {
   // 192 rows per chunk: chunk 1 is rows 192..383; tile 1 (128..255) straddles chunks 0 and 1, tile 2 (256..383) is
   // inside chunk 1 and comes first; the straddler comes last.
@@ -232,6 +256,7 @@ TEST(NativePlan, InvalidArgumentsNameTheField) {
       {"a_scale", [](NativeAgGemmParams& p) { p.ab_dtype = DType::kFloat8E4M3; p.scale = NativeScale::kRowwise; }},
       {"max_ctas", [](NativeAgGemmParams& p) { p.max_ctas = -2; }},
       {"raster_band", [](NativeAgGemmParams& p) { p.raster_band = -1; }},
+      {"tile_config", [](NativeAgGemmParams& p) { p.tile_config = 2; }},
   };
   for (const Bad& b : bad) {
     NativeAgGemmParams p = valid_params();
@@ -267,6 +292,7 @@ TEST(NativePlan, UnsupportedNamesTheReason) {
       {"ldb", [](NativeAgGemmParams& p) { p.ldb = 515; }},
       {"ldd", [](NativeAgGemmParams& p) { p.N = 770; }},
       {"max_ctas", [](NativeAgGemmParams& p) { p.max_ctas = 1; }},
+      {"tile_config", [](NativeAgGemmParams& p) { p.ab_dtype = DType::kFloat8E4M3; p.tile_config = 1; }},
   };
   for (const Bad& b : bad) {
     NativeAgGemmParams p = valid_params();
