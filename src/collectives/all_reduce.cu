@@ -260,7 +260,10 @@ void set_force_generic_world_kernels(bool on) { g_force_generic.store(on); }
 
 // Every kernel launched with CommImpl::blocks or ll_blocks, in both world forms (the W = 2 one and the generic one,
 // which the test hook can switch to at any time; counting both at every W only makes the bound more conservative).
+// The queries also load every all-reduce kernel now (see loopback_preload_kernels in comm_impl.h).
 int all_reduce_min_ctas_per_sm(int threads) {
+  cudaFuncAttributes attr{};
+  TPCOMM_CUDA_CHECK(cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(all_reduce_ce_ready)));
   int least = 1 << 30;
   auto take = [&](auto kernel) {
     int n = 0;

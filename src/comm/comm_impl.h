@@ -173,6 +173,12 @@ int loopback_max_ctas(const CommImpl& c, int ctas_per_sm);
 // stream is scheduled only after the cross-rank kernel has finished. A no-op unless c.loopback.
 // launch_cross_rank (comm/loopback_launch.h) does both.
 void loopback_fence(const CommImpl& c, cudaStream_t stream);
+// Lazy module loading on a loopback world: the first launch of a kernel loads it, and a load can wait for kernels
+// running in the context, i.e. for a peer rank's spinning kernel that waits for this rank's launch (a deadlock until
+// the timeout, seen in the async-TP loopback tests on nvidia-h200). Every kernel a rank may launch while a peer's
+// cross-rank kernel runs must be loaded before (cudaFuncGetAttributes loads it). This loads loopback_fence's kernel;
+// all_reduce_min_ctas_per_sm loads the all-reduce kernels.
+void loopback_preload_kernels();
 // Occupancy (CTAs per SM at `threads` threads) of the least-occupying all-reduce kernel launched with
 // CommImpl::blocks or ll_blocks (src/collectives/all_reduce.cu; any kernel added there with those grids must be
 // counted in it).

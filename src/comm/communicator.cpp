@@ -295,7 +295,8 @@ static void setup_fast_path(const Communicator& comm, CommImpl& c) {
     // (comm_impl.h, loopback_max_ctas). Divided from the occupancy of the heaviest all-reduce kernel; these kernels
     // use no shared memory, so registers and threads are what CTAs of different kernels share an SM by, and any
     // mix of them fits where the heaviest alone does.
-    const int cap = loopback_max_ctas(c, all_reduce_min_ctas_per_sm(c.threads));
+    const int cap = loopback_max_ctas(c, all_reduce_min_ctas_per_sm(c.threads));  // loads those kernels too
+    loopback_preload_kernels();
     c.blocks = std::min(c.blocks, cap);
     c.ll_blocks = std::min(c.ll_blocks, cap);
   }

@@ -32,6 +32,11 @@ int loopback_max_ctas(const CommImpl& c, int ctas_per_sm) {
   return static_cast<int>(per_rank);
 }
 
+void loopback_preload_kernels() {
+  cudaFuncAttributes attr{};
+  TPCOMM_CUDA_CHECK(cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(loopback_fence_kernel)));
+}
+
 void loopback_fence(const CommImpl& c, cudaStream_t stream) {
   if (!c.loopback) return;
   loopback_fence_kernel<<<1, 1, 0, stream>>>();
