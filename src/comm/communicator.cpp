@@ -295,7 +295,12 @@ static void setup_fast_path(const Communicator& comm, CommImpl& c) {
     // (comm_impl.h, loopback_max_ctas). Divided from the occupancy of the heaviest all-reduce kernel; these kernels
     // use no shared memory, so registers and threads are what CTAs of different kernels share an SM by, and any
     // mix of them fits where the heaviest alone does.
-    const int cap = loopback_max_ctas(c, all_reduce_min_ctas_per_sm(c.threads));  // loads those kernels too
+    // One share of the device is left free besides the W ranks' grids: the copy-engine one-shot's same-device
+    // copies run as driver copy kernels that need SM slots while the reduce kernels spin (same-device D2D copies
+    // stalled beside a full grid in the async-TP native GEMM tests on nvidia-h200), and so does other work of the
+    // ranks on the device.
+    const int per_rank = loopback_max_ctas(c, all_reduce_min_ctas_per_sm(c.threads));  // loads those kernels too
+    const int cap = std::max(1, static_cast<int>(int64_t(per_rank) * c.world / (c.world + 1)));
     loopback_preload_kernels();
     c.blocks = std::min(c.blocks, cap);
     c.ll_blocks = std::min(c.ll_blocks, cap);
