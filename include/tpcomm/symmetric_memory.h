@@ -60,4 +60,20 @@ class SymmetricBuffer {
 void stream_write_value32(cudaStream_t stream, uint32_t* addr, uint32_t value);
 void memset32(cudaStream_t stream, uint32_t* addr, uint32_t value, std::size_t count);
 
+// Signal-pad operations on a buffer (the barrier / put_signal / wait_signal of torch's SymmetricMemory handle, same
+// slot layout): the signal from rank `src` to rank `dst` on `channel` is the uint32 at
+// peer_signal_pad(dst)[channel * world_size + src]. put waits until that slot is 0 (dst consumed the previous signal)
+// and sets it to 1 (release, after everything enqueued before it); wait waits until its slot from src is 1 (acquire)
+// and resets it to 0; barrier is a put to every rank then a wait on every rank. Every slot returns to 0, so channels are
+// reusable. `comm` must be the communicator the buffer was allocated over. A wait longer than timeout_ms (0: the
+// communicator's timeout) is reported like tpcomm's own waits (check() / synchronize() throw kTimeout naming the rank).
+// One small kernel on `stream`; no allocation, no host sync, capturable. Throws kInvalidArgument when a rank is
+// outside the world or the channel's slots do not fit the buffer's signal pad.
+void signal_pad_barrier(const Communicator& comm, const SymmetricBuffer& buf, int channel, cudaStream_t stream,
+                        uint32_t timeout_ms = 0);
+void signal_pad_put(const Communicator& comm, const SymmetricBuffer& buf, int dst_rank, int channel, cudaStream_t stream,
+                    uint32_t timeout_ms = 0);
+void signal_pad_wait(const Communicator& comm, const SymmetricBuffer& buf, int src_rank, int channel,
+                     cudaStream_t stream, uint32_t timeout_ms = 0);
+
 }  // namespace tpcomm
