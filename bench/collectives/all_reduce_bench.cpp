@@ -3,6 +3,10 @@
 //
 //   tpcomm-bench all_reduce [-b 1K] [-e 256M] [-f 2] [--dtype bf16] [--op sum] [--impls auto,...]
 //                           [--modes graph,eager] [--check|--no-check] [--out DIR | --json PATH] [--nproc N]
+//                           [--wire fp8 [--fp8-block 128|32] [--gather-wire fp8|exact]]
+// --wire fp8 adds the opt-in FP8-wire two-shot (AllReduceWire::kFp8) as the row two_shot_fp8wire (also nameable in
+// --impls). With --check every row also reports its error against the exact (float64) reduction of the inputs;
+// FP8-wire rows are checked against that (e4m3 bound, docs/all_reduce.md) instead of against NCCL.
 // Started without a launcher, it starts one process per local GPU itself (tpcomm-launch); under torchrun or
 // mpirun it uses their ranks.
 #include <unistd.h>
@@ -30,6 +34,7 @@ struct Impl {
   std::string name;  // "tpcomm:auto", ..., "nccl"
   AllReduceAlgo algo;
   bool zero_copy;
+  bool fp8_wire = false;  // "tpcomm:two_shot_fp8wire": algo kTwoShot, AllReduceWire::kFp8
 };
 
 struct Args {
@@ -44,6 +49,9 @@ struct Args {
   int nproc = 0;
   bool quick = false;
   std::size_t lamport_max = 0;  // CommOptions::lamport_max_bytes (0 = library default)
+  bool wire_fp8 = false;        // --wire fp8: add the two_shot_fp8wire row
+  int fp8_block = 128;          // --fp8-block
+  bool gather_fp8 = true;       // --gather-wire fp8|exact
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -62,7 +70,8 @@ void usage() {
   std::printf(
       "tpcomm-bench all_reduce [-b MIN] [-e MAX] [-f FACTOR] [--dtype bf16|f16|f32] [--op sum|max|min]\n"
       "    [--impls auto,one_shot_ll,one_shot,one_shot_zc,two_shot,one_shot_ce,nccl] [--modes graph,eager]\n"
-      "    [--check|--no-check] [--quick] [--out DIR] [--json PATH] [--nproc N] [--lamport-max BYTES]\n");
+      "    [--check|--no-check] [--quick] [--out DIR] [--json PATH] [--nproc N] [--lamport-max BYTES]\n"
+      "    [--wire exact|fp8] [--fp8-block 128|32] [--gather-wire fp8|exact]   (fp8: adds the row two_shot_fp8wire)\n");
 }
 
 bool parse(int argc, char** argv, Args& a) {
@@ -89,6 +98,9 @@ bool parse(int argc, char** argv, Args& a) {
     else if (k == "--json") a.json = next();
     else if (k == "--nproc") a.nproc = std::atoi(next().c_str());
     else if (k == "--lamport-max") a.lamport_max = parse_size(next());
+    else if (k == "--wire") a.wire_fp8 = parse_all_reduce_wire(next()) == AllReduceWire::kFp8;
+    else if (k == "--fp8-block") a.fp8_block = std::atoi(next().c_str());
+    else if (k == "--gather-wire") a.gather_fp8 = parse_all_reduce_wire(next()) == AllReduceWire::kFp8;
     else if (k == "-h" || k == "--help") { usage(); return false; }
     // other suites' options (the default job passes one argument list to every suite) are ignored
   }
@@ -98,12 +110,19 @@ bool parse(int argc, char** argv, Args& a) {
     a.factor = 4;
   }
   if (a.factor <= 1) a.factor = 2;
+  if (a.fp8_block != 32 && a.fp8_block != 128) {
+    std::fprintf(stderr, "all_reduce: --fp8-block must be 32 or 128\n");
+    std::exit(2);
+  }
+  if (a.wire_fp8 && std::find(a.impls.begin(), a.impls.end(), "two_shot_fp8wire") == a.impls.end())
+    a.impls.push_back("two_shot_fp8wire");
   return true;
 }
 
 Impl make_impl(const std::string& n) {
   if (n == "nccl") return {"nccl", AllReduceAlgo::kNccl, false};
   if (n == "one_shot_zc") return {"tpcomm:one_shot_zc", AllReduceAlgo::kOneShot, true};
+  if (n == "two_shot_fp8wire") return {"tpcomm:two_shot_fp8wire", AllReduceAlgo::kTwoShot, false, true};
   return {"tpcomm:" + n, parse_all_reduce_algo(n), false};
 }
 
@@ -115,6 +134,15 @@ double tolerance(DType d, int world) {
   }
 }
 
+// FP8-wire rows against the exact reduction: inputs are uniform in [-1, 1), so every block amax is <= 1 and each
+// e4m3 quantization errs by at most 2^-4 |x| + 2^-10 / 448 (docs/all_reduce.md); W of them on the reduce-scatter
+// side, one more of a value <= W on an FP8 all-gather, then the rounding to dtype (2^-8 relative for bf16).
+double fp8_wire_tolerance(DType d, int world, bool gather_fp8) {
+  const double rs = world * (std::ldexp(1.0, -4) * 1.01 + std::ldexp(1.0, -10) / 448.0);
+  const double ag = gather_fp8 ? (world * 1.07) * std::ldexp(1.0, -4) * 1.01 + std::ldexp(1.0, -10) / 448.0 * world : 0.0;
+  return rs + ag + tolerance(d, world);
+}
+
 int iters_for(std::size_t bytes, bool quick) {
   if (quick) return 20;
   if (bytes <= (std::size_t(1) << 20)) return 100;
@@ -124,7 +152,8 @@ int iters_for(std::size_t bytes, bool quick) {
 
 struct CheckResult {
   int state = -1;  // -1 not checked, 0 failed, 1 passed
-  double maxdiff = 0;
+  double maxdiff = 0;  // vs NCCL (NaN for FP8-wire rows, which are not compared with NCCL)
+  ExactError exact{};  // vs the float64 reduction of the inputs
 };
 
 // Fits auto's crossover table to graph-mode timings. kAuto (select_all_reduce) runs one_shot_ll up to `ll`,
@@ -285,6 +314,22 @@ int run(int argc, char** argv) {
   BENCH_CUDA(cudaMalloc(&out, max_bytes + 256));
   BENCH_CUDA(cudaMalloc(&ref, max_bytes + 256));
   if (a.check) BENCH_CUDA(cudaMalloc(&ref_graph, max_bytes + 256));
+  // The exact reduction (float64 NCCL reduction of the inputs converted to float64) of the sweep input and of the
+  // graph check's fresh input.
+  double *exact = nullptr, *exact_graph = nullptr;
+  const std::size_t max_count = max_bytes / esize;
+  if (a.check) {
+    BENCH_CUDA(cudaMalloc(&exact, max_count * sizeof(double) + 256));
+    BENCH_CUDA(cudaMalloc(&exact_graph, max_count * sizeof(double) + 256));
+  }
+  const ncclRedOp_t nccl_op = a.op == ReduceOp::kSum ? ncclSum : a.op == ReduceOp::kMax ? ncclMax : ncclMin;
+  auto exact_reduction = [&](double* dst, std::size_t count) {
+    to_f64(in, count, a.dtype, dst, s);
+    if (W > 1 && ncclAllReduce(dst, dst, count, ncclFloat64, nccl_op, comm->nccl(), s) != ncclSuccess) {
+      std::fprintf(stderr, "all_reduce: float64 ncclAllReduce failed\n");
+      std::exit(2);
+    }
+  };
   std::vector<Impl> impls;
   for (auto& n : a.impls) impls.push_back(make_impl(n));
   bool have_zc = false;
@@ -298,16 +343,21 @@ int run(int argc, char** argv) {
   std::map<std::size_t, std::map<std::string, std::string>> ran_algo;
   int failures = 0;
   // Compares `out` (written by the impl under test) with `expect` (NCCL on the same input): within tolerance
-  // and bitwise equal across ranks. Collective (host all-gathers): every rank calls it in the same order.
-  auto verify = [&](const Impl& im, std::size_t bytes, std::size_t count, const void* expect, const char* mode) {
+  // and bitwise equal across ranks; FP8-wire rows instead within fp8_wire_tolerance of `exact64` (the float64
+  // reduction), and bitwise equal across ranks. Every row's error against `exact64` is measured. Collective (host
+  // all-gathers): every rank calls it in the same order.
+  auto verify = [&](const Impl& im, std::size_t bytes, std::size_t count, const void* expect, const double* exact64,
+                    const char* mode) {
     comm->synchronize(s);
-    const CompareResult cr = compare(out, expect, count, a.dtype, s);
+    const ExactError ee = error_vs_exact(out, exact64, count, a.dtype, s);
+    const CompareResult cr = im.fp8_wire ? CompareResult{NAN, 0, ee.hash} : compare(out, expect, count, a.dtype, s);
     std::vector<uint64_t> hashes(W);
     comm->host_all_gather(&cr.hash, hashes.data(), sizeof(uint64_t));
     bool same = true;
     for (auto h : hashes) same = same && h == hashes[0];
     const double maxdiff = cr.max_abs_diff;
-    bool ok = same && std::isfinite(maxdiff) && maxdiff <= tolerance(a.dtype, W);
+    bool ok = same && (im.fp8_wire ? std::isfinite(ee.max_abs) && ee.max_abs <= fp8_wire_tolerance(a.dtype, W, a.gather_fp8)
+                                   : std::isfinite(maxdiff) && maxdiff <= tolerance(a.dtype, W));
     std::vector<int32_t> oks(W);
     const int32_t okv = ok ? 1 : 0;
     comm->host_all_gather(&okv, oks.data(), sizeof(int32_t));
@@ -315,10 +365,10 @@ int run(int argc, char** argv) {
     if (!ok) {
       ++failures;
       if (lead)
-        std::printf("CHECK FAILED (%s): %s %s: max |diff| vs NCCL %.3g, ranks bitwise equal: %s\n", mode,
-                    im.name.c_str(), format_size(bytes).c_str(), maxdiff, same ? "yes" : "no");
+        std::printf("CHECK FAILED (%s): %s %s: max |diff| vs NCCL %.3g, vs the exact reduction %.3g, ranks bitwise equal: %s\n",
+                    mode, im.name.c_str(), format_size(bytes).c_str(), maxdiff, ee.max_abs, same ? "yes" : "no");
     }
-    return CheckResult{ok ? 1 : 0, maxdiff};
+    return CheckResult{ok ? 1 : 0, maxdiff, ee};
   };
   for (std::size_t bytes : sizes) {
     const std::size_t count = bytes / esize;
@@ -328,13 +378,20 @@ int run(int argc, char** argv) {
     if (a.check) {
       poison(ref, bytes, s);
       all_reduce(*comm, in, ref, count, a.dtype, a.op, s, {AllReduceAlgo::kNccl, false});
+      exact_reduction(exact, count);
     }
     for (const Impl& im : impls) {
       AllReduceOptions o{im.algo, im.zero_copy};
+      if (im.fp8_wire) {
+        o.wire = AllReduceWire::kFp8;
+        o.fp8_block = a.fp8_block;
+        o.gather_wire = a.gather_fp8 ? AllReduceWire::kFp8 : AllReduceWire::kExact;
+      }
       bool runnable = true;
       std::string ran = all_reduce_algo_name(im.algo);
       try {
-        ran = all_reduce_algo_name(resolve_all_reduce(*comm, bytes, im.algo));
+        const AllReducePlan plan = plan_all_reduce(*comm, count, a.dtype, o);  // throws where a pinned row cannot run
+        ran = std::string(all_reduce_algo_name(plan.algo)) + (plan.wire == AllReduceWire::kFp8 ? "+fp8" : "");
         if (im.zero_copy && !comm->fast_path()) runnable = false;
       } catch (const Error&) {
         runnable = false;
@@ -346,7 +403,7 @@ int run(int argc, char** argv) {
       if (a.check) {
         poison(out, bytes, s);
         all_reduce(*comm, in, out, count, a.dtype, a.op, s, o);
-        eager_check = verify(im, bytes, count, ref, "eager");
+        eager_check = verify(im, bytes, count, ref, exact, "eager");
       }
       // Graph: after the timed replays (outside the timed region), one more replay of the same instantiated
       // graph on fresh input with the output poisoned, against NCCL on that input; then the sweep's input is
@@ -357,9 +414,10 @@ int run(int argc, char** argv) {
           fill_random(in, count, a.dtype, seed + 0x9E3779B97F4A7C15ull, s);
           poison(ref_graph, bytes, s);
           all_reduce(*comm, in, ref_graph, count, a.dtype, a.op, s, {AllReduceAlgo::kNccl, false});
+          exact_reduction(exact_graph, count);
           poison(out, bytes, s);
           BENCH_CUDA(cudaGraphLaunch(exec, s));
-          graph_check = verify(im, bytes, count, ref_graph, "graph");
+          graph_check = verify(im, bytes, count, ref_graph, exact_graph, "graph");
           fill_random(in, count, a.dtype, seed, s);
           BENCH_CUDA(cudaStreamSynchronize(s));
         };
@@ -383,8 +441,17 @@ int run(int argc, char** argv) {
         r.add("suite", "all_reduce").add("impl", im.name).add("algo", ran).add("dtype", dtype_name(a.dtype));
         r.add("op", reduce_op_name(a.op)).add("bytes", bytes).add("mode", mode).add("us", us);
         r.add("algbw_GBps", algbw).add("busbw_GBps", busbw);
-        if (a.check && chk.state >= 0) r.add("correct", chk.state == 1).add("max_abs_diff_vs_nccl", chk.maxdiff);
-        else r.add_raw("correct", "null");
+        r.add("wire", im.fp8_wire ? "fp8" : "exact");
+        if (im.fp8_wire) r.add("fp8_block", a.fp8_block).add("gather_wire", a.gather_fp8 ? "fp8" : "exact");
+        if (a.check && chk.state >= 0) {
+          r.add("correct", chk.state == 1);
+          if (std::isfinite(chk.maxdiff)) r.add("max_abs_diff_vs_nccl", chk.maxdiff);
+          else r.add_raw("max_abs_diff_vs_nccl", "null");
+          r.add("max_abs_err_vs_exact", chk.exact.max_abs).add("max_rel_err_vs_exact", chk.exact.max_rel);
+          r.add("rms_rel_err_vs_exact", chk.exact.rms_rel);
+        } else {
+          r.add_raw("correct", "null");
+        }
         rows.push_back(r.str());
       }
     }
@@ -425,12 +492,31 @@ int run(int argc, char** argv) {
       for (std::size_t bytes : sizes) {
         std::string best;
         double bu = 1e30;
-        for (auto& [name, us] : table["graph"][bytes])
-          if (name != "tpcomm:auto" && us < bu) { bu = us; best = name; }
+        for (auto& [name, us] : table["graph"][bytes])  // exact algorithms only: what auto chooses among
+          if (name != "tpcomm:auto" && name != "tpcomm:two_shot_fp8wire" && us < bu) { bu = us; best = name; }
         if (best.empty()) best = "-";
         std::printf(" %s=%s", format_size(bytes).c_str(), best.c_str());
       }
       std::printf("\n");
+      // The FP8 wire against the exact two-shot (the same protocol with bf16/f16/f32 payloads) and the fastest exact row.
+      bool have_fp8 = false;
+      for (auto& im : impls) have_fp8 = have_fp8 || im.fp8_wire;
+      if (have_fp8) {
+        std::printf("two_shot_fp8wire (block %d, all-gather %s) speedup, graph: vs two_shot / vs fastest exact row:", a.fp8_block,
+                    a.gather_fp8 ? "fp8" : dtype_name(a.dtype));
+        for (std::size_t bytes : sizes) {
+          auto& row = table["graph"][bytes];
+          if (!row.count("tpcomm:two_shot_fp8wire")) continue;
+          const double f = row["tpcomm:two_shot_fp8wire"];
+          double best = 1e30;
+          for (auto& [name, us] : row)
+            if (name != "tpcomm:two_shot_fp8wire") best = std::min(best, us);
+          char two[32] = "-";
+          if (row.count("tpcomm:two_shot")) std::snprintf(two, sizeof(two), "%.2fx", row["tpcomm:two_shot"] / f);
+          std::printf(" %s=%s/%.2fx", format_size(bytes).c_str(), two, best / f);
+        }
+        std::printf("\n");
+      }
       // A table can only be fitted from a run that timed every algorithm auto chooses among.
       std::string missing;
       for (const char* need : {"tpcomm:one_shot_ll", "tpcomm:one_shot", "tpcomm:two_shot", "nccl"}) {
@@ -464,7 +550,10 @@ int run(int argc, char** argv) {
     if (a.check)
       top.add("check_method", "eager: one call on the sweep input before timing; graph: one more replay of the timed "
                               "graph after timing, on fresh input with the output poisoned; both vs NCCL within "
-                              "tolerance and bitwise equal across ranks");
+                              "tolerance and bitwise equal across ranks (FP8-wire rows: vs the exact float64 reduction "
+                              "within the e4m3 bound, and bitwise equal across ranks); every row's *_err_vs_exact "
+                              "against the float64 reduction of the inputs (float64 ncclAllReduce): max |err|, that over "
+                              "max |exact|, and the RMS relative error");
     if (suggested.empty()) top.add_raw("suggested_ar_table", "null");
     else top.add("suggested_ar_table", suggested);
     top.add_raw("results", json_array(rows));
@@ -479,6 +568,8 @@ int run(int argc, char** argv) {
   cudaFree(out);
   cudaFree(ref);
   if (ref_graph) cudaFree(ref_graph);
+  if (exact) cudaFree(exact);
+  if (exact_graph) cudaFree(exact_graph);
   cudaStreamDestroy(s);
   comm->destroy();
   return failures ? 1 : 0;

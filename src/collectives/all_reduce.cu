@@ -292,6 +292,7 @@ int all_reduce_min_ctas_per_sm(int threads) {
   take_type(float{});
   take_type(__half{});
   take_type(__nv_bfloat16{});
+  least = std::min(least, fp8_wire_min_ctas_per_sm(threads));  // the FP8-wire two-shot (all_reduce_fp8wire.cu)
   return least;
 }
 }  // namespace detail

@@ -7,6 +7,7 @@
 #include "collectives/all_reduce_fp8wire.h"
 #include "collectives/all_reduce_fp8wire_kernels.cuh"
 #include "comm/comm_impl.h"
+#include "comm/loopback_launch.h"
 #include "common/check.h"
 #include "common/pdl.h"
 #include "symm/symm_impl.h"
@@ -48,6 +49,19 @@ Fp8WireKernel pick_fp8_kernel(DType dtype, ReduceOp op, int world, bool generic)
 }
 
 }  // namespace
+
+int fp8_wire_min_ctas_per_sm(int threads) {
+  int least = 1 << 30;
+  for (DType dt : {DType::kFloat32, DType::kFloat16, DType::kBFloat16})
+    for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kMax, ReduceOp::kMin})
+      for (bool generic : {false, true}) {
+        int n = 0;
+        TPCOMM_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &n, reinterpret_cast<const void*>(pick_fp8_kernel(dt, op, 2, generic)), threads, 0));
+        least = n < least ? n : least;
+      }
+  return least;
+}
 
 bool fp8_wire_runs(const CommImpl& c, std::size_t count, DType dtype, const AllReduceOptions& options) {
   if (options.wire != AllReduceWire::kFp8 || count == 0) return false;
@@ -107,8 +121,8 @@ void run_fp8_wire_two_shot(CommImpl& c, const void* input, void* output, std::si
   p.bar.max_ranks = kMaxRanks;
   p.sync = c.sync_ctx();
   // The barrier algorithms' fixed grid (CommImpl::blocks): part of the cross-rank protocol and of the per-block
-  // state this kernel shares with them.
-  launch_kernel(kernel, dim3(c.blocks), dim3(c.threads), 0, stream, p);
+  // state this kernel shares with them. PDL unless on a loopback world (comm/loopback_launch.h).
+  launch_cross_rank(c, kernel, dim3(c.blocks), dim3(c.threads), 0, stream, p);
 }
 
 }  // namespace tpcomm::detail

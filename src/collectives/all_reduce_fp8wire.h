@@ -64,4 +64,8 @@ bool fp8_wire_runs(const CommImpl& c, std::size_t count, DType dtype, const AllR
 void run_fp8_wire_two_shot(CommImpl& c, const void* input, void* output, std::size_t count, DType dtype, ReduceOp op,
                            const AllReduceOptions& options, bool generic, cudaStream_t stream);
 
+// Occupancy (CTAs per SM at `threads` threads) of the least-occupying FP8-wire kernel: it runs with
+// CommImpl::blocks, so all_reduce_min_ctas_per_sm (the loopback world's grid bound) must count it.
+int fp8_wire_min_ctas_per_sm(int threads);
+
 }  // namespace tpcomm::detail

@@ -3,9 +3,12 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <string>
 
 #include "collectives/all_reduce_ref.h"
+#include "common/test_util.h"
 #include "quantize/quant_ref.h"
 #include "tpcomm/error.h"
 
@@ -140,6 +143,45 @@ Fp8WireError fp8_wire_error(const void* result, const std::vector<double>& exact
   e.max_rel = max_exact > 0 ? e.max_abs / max_exact : e.max_abs;
   e.rms_rel = sx > 0 ? std::sqrt(se / sx) : std::sqrt(se);
   return e;
+}
+
+std::vector<uint8_t> make_fp8_wire_input(std::size_t count, DType dtype, uint64_t seed, int rank) {
+  std::vector<uint8_t> out(count * dtype_size(dtype));
+  SplitMix64 rng(seed ^ (0x5EEDF8F8ull * static_cast<uint64_t>(rank + 1)));
+  const int e_range = dtype == DType::kFloat16 ? 12 : 24;
+  double scale = 1;
+  bool zero_block = false;
+  for (std::size_t i = 0; i < count; ++i) {
+    if (i % 32 == 0) {
+      zero_block = rng.next() % 16 == 0;
+      scale = std::ldexp(1.0, static_cast<int>(rng.next() % static_cast<uint64_t>(2 * e_range + 1)) - e_range);
+    }
+    const bool zero = zero_block || rng.next() % 64 == 0;
+    store_element(out.data(), i, dtype, zero ? 0.0 : scale * rng.uniform(-1.0, 1.0));
+  }
+  return out;
+}
+
+Fp8WireCheck check_fp8_wire_result(const void* result, const std::vector<std::vector<uint8_t>>& inputs, std::size_t count,
+                                   DType dtype, ReduceOp op, int block, bool gather_fp8) {
+  Fp8WireCheck c;
+  const std::size_t es = dtype_size(dtype);
+  const std::vector<uint8_t> want = reference_fp8_wire_all_reduce(inputs, count, dtype, op, block, gather_fp8);
+  const std::vector<double> exact = reference_all_reduce(inputs, count, dtype, op);
+  const std::vector<double> bound = fp8_wire_error_bound(inputs, count, dtype, op, block, gather_fp8);
+  const auto* got = static_cast<const uint8_t*>(result);
+  for (std::size_t i = 0; i < count; ++i) {
+    if (std::memcmp(got + i * es, want.data() + i * es, es) != 0) {
+      if (c.mismatches < 3)
+        c.first += "element " + std::to_string(i) + ": got " + std::to_string(load_element(got, i, dtype)) + ", reference " +
+                   std::to_string(load_element(want.data(), i, dtype)) + "; ";
+      ++c.mismatches;
+    }
+    const double err = std::fabs(load_element(got, i, dtype) - exact[i]);
+    if (!(err <= bound[i])) ++c.over_bound;
+  }
+  c.error = fp8_wire_error(result, exact, count, dtype);
+  return c;
 }
 
 }  // namespace tpcomm::test

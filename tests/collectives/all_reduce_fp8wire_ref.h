@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "tpcomm/types.h"
@@ -54,5 +55,21 @@ struct Fp8WireError {
   double max_abs = 0, max_rel = 0, rms_rel = 0;
 };
 Fp8WireError fp8_wire_error(const void* result, const std::vector<double>& exact, std::size_t count, DType dtype);
+
+// Inputs that exercise the wire format: every 32-element block of a rank gets its own magnitude (2^-e_range ..
+// 2^e_range times uniform [-1, 1); e_range 12 for f16, whose range is small, else 24), about one block in 16 is
+// all zeros, and one element in 64 is zero; rounded to dtype. Deterministic in (seed, rank).
+std::vector<uint8_t> make_fp8_wire_input(std::size_t count, DType dtype, uint64_t seed, int rank);
+
+// A GPU result checked against the reference: elements whose bits differ from reference_fp8_wire_all_reduce
+// (first ones described in `first`), elements beyond fp8_wire_error_bound of the float64 reduction, and the error.
+struct Fp8WireCheck {
+  std::size_t mismatches = 0;
+  std::size_t over_bound = 0;
+  std::string first;
+  Fp8WireError error;
+};
+Fp8WireCheck check_fp8_wire_result(const void* result, const std::vector<std::vector<uint8_t>>& inputs, std::size_t count,
+                                   DType dtype, ReduceOp op, int block, bool gather_fp8);
 
 }  // namespace tpcomm::test

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "collectives/all_reduce_fp8wire_ref.h"
 #include "collectives/all_reduce_ref.h"
 #include "common/mp.h"
 #include "comm/comm_impl.h"
@@ -814,6 +815,288 @@ TEST(CommunicatorLifecycle, AdoptedNcclCommIsUsedAndNotDestroyed) {
   EXPECT_EQ(ncclAllReduce(b.p, b.p, 1024, ncclFloat32, ncclSum, nc, s), ncclSuccess);
   CUDA_OK(cudaStreamSynchronize(s));
   EXPECT_EQ(ncclCommDestroy(nc), ncclSuccess);
+  cudaStreamDestroy(s);
+}
+
+// ---- the opt-in FP8 wire (AllReduceWire::kFp8) -----------------------------------------------------------------------
+
+AllReduceOptions fp8_wire(int block, bool gather_fp8, AllReduceAlgo algo = AllReduceAlgo::kTwoShot) {
+  AllReduceOptions o;
+  o.algo = algo;
+  o.wire = AllReduceWire::kFp8;
+  o.fp8_block = block;
+  o.gather_wire = gather_fp8 ? AllReduceWire::kFp8 : AllReduceWire::kExact;
+  return o;
+}
+
+struct Fp8Case {
+  DType dtype;
+  ReduceOp op;
+  int block;
+  bool gather_fp8;
+  std::size_t count;
+  bool in_place;
+  std::size_t offset;
+  bool mixed;  // test::make_fp8_wire_input (block magnitudes, zero blocks) instead of uniform [-1, 1)
+  AllReduceAlgo algo = AllReduceAlgo::kTwoShot;
+  std::string str() const {
+    return std::string(dtype_name(dtype)) + " " + reduce_op_name(op) + " fp8 block " + std::to_string(block) +
+           (gather_fp8 ? " gather fp8 " : " gather exact ") + all_reduce_algo_name(algo) + " count=" + std::to_string(count) +
+           (in_place ? " in-place" : " out-of-place") + " offset=" + std::to_string(offset) + (mixed ? " mixed" : " uniform");
+  }
+};
+
+// Runs one FP8-wire case: this rank's result equals the CPU reference of the same math bit for bit (so all ranks
+// are equal too, which is checked separately by hash), lies within the documented bound of the float64 reduction,
+// and leaves the guards around the output untouched. Returns this rank's error against the float64 reduction.
+test::Fp8WireError run_fp8_case(const Communicator& comm, const Fp8Case& c, cudaStream_t s) {
+  const int W = comm.world_size(), R = comm.rank();
+  const std::size_t es = dtype_size(c.dtype), bytes = c.count * es;
+  SCOPED_TRACE(c.str());
+  const uint64_t seed = shared_seed(comm);
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  std::vector<std::vector<uint8_t>> inputs(W);
+  for (int r = 0; r < W; ++r)
+    inputs[r] = c.mixed ? test::make_fp8_wire_input(c.count, c.dtype, seed, r) : test::make_input(c.count, c.dtype, seed, r);
+  const std::size_t total = kGuard + c.offset + bytes + kGuard;
+  DevBuf in(total), out(total);
+  std::vector<uint8_t> img_in(total, 0x5A), img_out(total, 0xFF);
+  std::memcpy(img_in.data() + kGuard + c.offset, inputs[R].data(), bytes);
+  EXPECT_EQ(tpcomm::test::copy_to_device(in.p, img_in.data(), total), 0);
+  EXPECT_EQ(tpcomm::test::copy_to_device(out.p, img_out.data(), total), 0);
+  char* ip = in.c() + kGuard + c.offset;
+  char* op = c.in_place ? ip : out.c() + kGuard + c.offset;
+  const AllReduceOptions o = fp8_wire(c.block, c.gather_fp8, c.algo);
+  const AllReducePlan plan = plan_all_reduce(comm, c.count, c.dtype, o);
+  EXPECT_EQ(plan.wire, AllReduceWire::kFp8);
+  EXPECT_EQ(all_reduce(comm, ip, op, c.count, c.dtype, c.op, s, o), AllReduceAlgo::kTwoShot);
+  comm.synchronize(s);
+  std::vector<uint8_t> got(total);
+  EXPECT_EQ(cudaMemcpy(got.data(), c.in_place ? in.p : out.p, total, cudaMemcpyDeviceToHost), cudaSuccess);
+  const uint8_t g = c.in_place ? 0x5A : 0xFF;
+  std::size_t bad_guard = 0;
+  for (std::size_t i = 0; i < kGuard + c.offset; ++i) bad_guard += got[i] != g;
+  for (std::size_t i = kGuard + c.offset + bytes; i < total; ++i) bad_guard += got[i] != g;
+  EXPECT_EQ(bad_guard, 0u) << "bytes outside the output were written";
+  const uint8_t* res = got.data() + kGuard + c.offset;
+  const auto chk = test::check_fp8_wire_result(res, inputs, c.count, c.dtype, c.op, c.block, c.gather_fp8);
+  EXPECT_EQ(chk.mismatches, 0u) << "rank " << R << ": elements differing from the CPU reference: " << chk.first;
+  EXPECT_EQ(chk.over_bound, 0u) << "rank " << R << ": elements beyond the error bound";
+  EXPECT_TRUE(same_on_all_ranks(comm, fnv(res, bytes))) << "results differ between ranks";
+  return chk.error;
+}
+
+TEST(AllReduceFp8Wire, MatchesTheReferenceBitForBitOnEveryRank) {
+  Communicator& comm = mp_comm();
+  if (!comm.fast_path()) GTEST_SKIP() << "no peer memory: " << comm.topology().reason;
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  const std::size_t W = static_cast<std::size_t>(comm.world_size());
+  int ran = 0;
+  for (DType dt : {DType::kBFloat16, DType::kFloat16, DType::kFloat32})
+    for (int B : {32, 128})
+      for (bool g : {true, false}) {
+        int k = 0;
+        for (std::size_t count : {std::size_t(7), 128 * W * 3 + 17, (std::size_t(1) << 20) + 3}) {
+          const bool mixed = (k++ % 2) == 1;
+          run_fp8_case(comm, {dt, ReduceOp::kSum, B, g, count, false, 0, mixed}, s);
+          run_fp8_case(comm, {dt, ReduceOp::kSum, B, g, count, true, 0, !mixed, AllReduceAlgo::kAuto}, s);
+          run_fp8_case(comm, {dt, ReduceOp::kSum, B, g, count, false, dtype_size(dt), mixed}, s);
+          ran += 3;
+          if (dt == DType::kBFloat16)
+            for (ReduceOp op : {ReduceOp::kMax, ReduceOp::kMin}) {
+              run_fp8_case(comm, {dt, op, B, g, count, false, 0, mixed}, s);
+              ++ran;
+            }
+        }
+      }
+  // The runtime-world-size kernel (W = 3..8) at this world size too.
+  detail::set_force_generic_world_kernels(true);
+  for (bool g : {true, false}) {
+    run_fp8_case(comm, {DType::kBFloat16, ReduceOp::kSum, 128, g, 300007, false, 0, true}, s);
+    run_fp8_case(comm, {DType::kFloat32, ReduceOp::kSum, 32, g, 4099, true, 4, false}, s);
+    ran += 2;
+  }
+  detail::set_force_generic_world_kernels(false);
+  EXPECT_GT(ran, 60);
+  cudaStreamDestroy(s);
+}
+
+// The error against the exact (float64) sum, reported next to the exact two-shot's on the same inputs (bf16, 16 M
+// elements, uniform [-1, 1)).
+TEST(AllReduceFp8Wire, ErrorAgainstTheExactSum) {
+  Communicator& comm = mp_comm();
+  if (!comm.fast_path()) GTEST_SKIP() << "no peer memory: " << comm.topology().reason;
+  const int W = comm.world_size(), R = comm.rank();
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  const DType dt = DType::kBFloat16;
+  std::size_t count = std::size_t(16) << 20;
+  AllReduceOptions exact_two{AllReduceAlgo::kTwoShot, false};
+  while (!pinnable(comm, count * 2, AllReduceAlgo::kTwoShot)) count /= 2;  // within the exact two-shot's workspace
+  const uint64_t seed = shared_seed(comm);
+  std::vector<std::vector<uint8_t>> inputs(W);
+  for (int r = 0; r < W; ++r) inputs[r] = test::make_input(count, dt, seed, r);
+  const auto exact = test::reference_all_reduce(inputs, count, dt, ReduceOp::kSum);
+  DevBuf in(count * 2), out(count * 2);
+  CUDA_OK(static_cast<cudaError_t>(tpcomm::test::copy_to_device(in.p, inputs[R].data(), count * 2)));
+  auto run = [&](const AllReduceOptions& o) {
+    EXPECT_EQ(cudaMemset(out.p, 0xFF, count * 2), cudaSuccess);
+    EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    all_reduce(comm, in.p, out.p, count, dt, ReduceOp::kSum, s, o);
+    comm.synchronize(s);
+    std::vector<uint8_t> got(count * 2);
+    EXPECT_EQ(cudaMemcpy(got.data(), out.p, got.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    return got;
+  };
+  const auto e_exact = test::fp8_wire_error(run(exact_two).data(), exact, count, dt);
+  if (R == 0)
+    std::printf("W=%d bf16 sum, %zu elements: exact two_shot        max |err| %.3e  max rel %.3e  rms rel %.3e\n", W, count,
+                e_exact.max_abs, e_exact.max_rel, e_exact.rms_rel);
+  for (int B : {128, 32})
+    for (bool g : {true, false}) {
+      const auto got = run(fp8_wire(B, g));
+      const auto c = test::check_fp8_wire_result(got.data(), inputs, count, dt, ReduceOp::kSum, B, g);
+      EXPECT_EQ(c.mismatches, 0u) << c.first;
+      EXPECT_EQ(c.over_bound, 0u);
+      EXPECT_GT(c.error.rms_rel, 2 * e_exact.rms_rel);
+      EXPECT_LT(c.error.rms_rel, 0.06);
+      EXPECT_TRUE(same_on_all_ranks(comm, fnv(got.data(), got.size())));
+      if (R == 0)
+        std::printf("W=%d bf16 sum, %zu elements: fp8 wire B=%-3d gather %-5s max |err| %.3e  max rel %.3e  rms rel %.3e\n", W,
+                    count, B, g ? "fp8" : "exact", c.error.max_abs, c.error.max_rel, c.error.rms_rel);
+    }
+  comm.host_barrier();
+  cudaStreamDestroy(s);
+}
+
+// Captured in a CUDA graph next to an exact two-shot on the same workspace, replayed on fresh input.
+TEST(AllReduceFp8Wire, GraphCaptureAndReplay) {
+  Communicator& comm = mp_comm();
+  if (!comm.fast_path()) GTEST_SKIP() << "no peer memory: " << comm.topology().reason;
+  const int W = comm.world_size(), R = comm.rank();
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  const std::size_t count = 70005;
+  const DType dt = DType::kBFloat16;
+  const std::size_t bytes = count * 2;
+  const AllReduceOptions calls[3] = {fp8_wire(128, true), {AllReduceAlgo::kTwoShot, false}, fp8_wire(32, false)};
+  DevBuf in(bytes), outs(3 * bytes);
+  CUDA_OK(cudaMemset(in.p, 0, bytes));
+  for (int a = 0; a < 3; ++a) all_reduce(comm, in.p, outs.c() + a * bytes, count, dt, ReduceOp::kSum, s, calls[a]);
+  comm.synchronize(s);
+  cudaGraph_t g;
+  cudaGraphExec_t ge;
+  CUDA_OK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int a = 0; a < 3; ++a) all_reduce(comm, in.p, outs.c() + a * bytes, count, dt, ReduceOp::kSum, s, calls[a]);
+  CUDA_OK(cudaStreamEndCapture(s, &g));
+  CUDA_OK(cudaGraphInstantiate(&ge, g, 0));
+  for (int round = 0; round < 3; ++round) {
+    const uint64_t seed = shared_seed(comm);
+    std::vector<std::vector<uint8_t>> inputs(W);
+    for (int r = 0; r < W; ++r) inputs[r] = test::make_fp8_wire_input(count, dt, seed, r);
+    CUDA_OK(static_cast<cudaError_t>(tpcomm::test::copy_to_device(in.p, inputs[R].data(), bytes)));
+    CUDA_OK(cudaMemset(outs.p, 0xFF, 3 * bytes));
+    comm.host_barrier();
+    CUDA_OK(cudaGraphLaunch(ge, s));
+    comm.synchronize(s);
+    std::vector<uint8_t> got(3 * bytes);
+    CUDA_OK(cudaMemcpy(got.data(), outs.p, got.size(), cudaMemcpyDeviceToHost));
+    for (int a : {0, 2}) {
+      const auto c = test::check_fp8_wire_result(got.data() + a * bytes, inputs, count, dt, ReduceOp::kSum, calls[a].fp8_block,
+                                                 calls[a].gather_wire == AllReduceWire::kFp8);
+      EXPECT_EQ(c.mismatches, 0u) << "call " << a << " replay " << round << ": " << c.first;
+    }
+    const auto ref = test::reference_all_reduce(inputs, count, dt, ReduceOp::kSum);
+    std::size_t bad = 0;
+    for (std::size_t i = 0; i < count; ++i)
+      bad += !(std::fabs(test::load_element(got.data() + bytes, i, dt) - ref[i]) <= test::all_reduce_tolerance(ref[i], dt, W));
+    EXPECT_EQ(bad, 0u) << "exact two-shot between the FP8 calls, replay " << round;
+    EXPECT_TRUE(same_on_all_ranks(comm, fnv(got.data(), got.size())));
+  }
+  cudaGraphExecDestroy(ge);
+  cudaGraphDestroy(g);
+  cudaStreamDestroy(s);
+}
+
+// A rank that never joins an FP8-wire call: the others get kTimeout naming it; ranks that disagree on the wire
+// options get kMismatch.
+TEST(AllReduceFp8Wire, MissingRankAndDisagreeingRanksAreReported) {
+  if (!mp_comm().fast_path()) GTEST_SKIP() << "no peer memory";
+  {
+    CommOptions o;
+    o.timeout_s = 1.0;
+    auto comm = test::fresh_comm(o);
+    const int W = comm->world_size(), R = comm->rank();
+    cudaStream_t s;
+    CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    DevBuf b(1 << 20);
+    CUDA_OK(cudaMemset(b.p, 0, 1 << 20));
+    if (R != W - 1) {
+      const auto t0 = std::chrono::steady_clock::now();
+      all_reduce(*comm, b.p, b.c() + (1 << 19), 65536, DType::kBFloat16, ReduceOp::kSum, s, fp8_wire(128, true));
+      try {
+        comm->synchronize(s);
+        ADD_FAILURE() << "no timeout although rank " << W - 1 << " never joined";
+      } catch (const Error& e) {
+        EXPECT_EQ(e.code(), ErrorCode::kTimeout) << e.what();
+        EXPECT_NE(std::string(e.what()).find("rank " + std::to_string(W - 1)), std::string::npos) << e.what();
+        EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), o.timeout_s + 2.0);
+      }
+    }
+    test::mp_comm().host_barrier();
+    cudaStreamDestroy(s);
+  }
+  {
+    auto comm = test::fresh_comm();
+    const int R = comm->rank();
+    cudaStream_t s;
+    CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    DevBuf b(1 << 20);
+    CUDA_OK(cudaMemset(b.p, 0, 1 << 20));
+    const AllReduceOptions o = R == 0 ? fp8_wire(128, true) : AllReduceOptions{AllReduceAlgo::kTwoShot, false};
+    all_reduce(*comm, b.p, b.c() + (1 << 19), 8192, DType::kBFloat16, ReduceOp::kSum, s, o);
+    bool threw = false;
+    try {
+      comm->synchronize(s);
+    } catch (const Error& e) {
+      threw = true;
+      EXPECT_EQ(e.code(), ErrorCode::kMismatch) << e.what();
+    }
+    EXPECT_TRUE(threw);
+    test::mp_comm().host_barrier();
+    cudaStreamDestroy(s);
+  }
+}
+
+// Bad wire options: errors naming the argument, nothing written.
+TEST(AllReduceFp8Wire, BadOptionsNameTheArgumentAndWriteNothing) {
+  Communicator& comm = mp_comm();
+  cudaStream_t s;
+  CUDA_OK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  const std::size_t n = 1 << 16;
+  DevBuf in(n * 4), out(n * 4);
+  CUDA_OK(cudaMemset(out.p, 0x77, n * 4));
+  auto expect_error = [&](const char* what, ErrorCode code, const AllReduceOptions& o, DType dt = DType::kBFloat16) {
+    try {
+      all_reduce(comm, in.p, out.p, 4096, dt, ReduceOp::kSum, s, o);
+      ADD_FAILURE() << "no error for " << what;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), code) << e.what();
+      EXPECT_NE(std::string(e.what()).find(std::string(what) + ":"), std::string::npos) << e.what();
+    }
+  };
+  for (AllReduceAlgo a : {AllReduceAlgo::kOneShotLL, AllReduceAlgo::kOneShot, AllReduceAlgo::kOneShotCE, AllReduceAlgo::kNccl})
+    expect_error("wire", ErrorCode::kInvalidArgument, fp8_wire(128, true, a));
+  expect_error("fp8_block", ErrorCode::kInvalidArgument, fp8_wire(16, true));
+  expect_error("dtype", ErrorCode::kInvalidArgument, fp8_wire(128, true), DType::kFloat8E5M2);
+  comm.synchronize(s);
+  std::vector<uint8_t> got(n * 4);
+  CUDA_OK(cudaMemcpy(got.data(), out.p, got.size(), cudaMemcpyDeviceToHost));
+  std::size_t changed = 0;
+  for (auto b : got) changed += b != 0x77;
+  EXPECT_EQ(changed, 0u);
+  comm.host_barrier();
   cudaStreamDestroy(s);
 }
 
