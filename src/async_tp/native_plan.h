@@ -35,8 +35,9 @@ struct NativeTileShape {
 // bf16: PyTorch's _async_input_mm configuration (128x256x64, cluster 2x1x1, cooperative: two consumer warpgroups of
 // 64 rows each, 4 smem stages of 48 KiB).
 constexpr NativeTileShape kNativeTileBf16{128, 256, 64, 2};
-// bf16, tile_config 1: 256x128x64 (each consumer warpgroup 128x128), cluster 2x1x1.
-constexpr NativeTileShape kNativeTileBf16Tall{256, 128, 64, 2};
+// bf16, tile_config 1: 128x128x64 ping-pong (each consumer warpgroup a whole tile, the two alternating so one's
+// epilogue overlaps the other's mainloop), cluster 2x1x1: 4x the tiles of the default, finer waves.
+constexpr NativeTileShape kNativeTileBf16Pingpong{128, 128, 64, 2};
 // FP8: 128x128 output tiles with a 128-deep K step (128 bytes of e4m3 per row, the 128-byte swizzle's width, as for
 // bf16's 64). Not 128x256: CUTLASS's accurate FP8 mainloop keeps a second (per-k-block) accumulator set beside the
 // fp32 one, and at 128x256 the two need 2 x 128 registers per consumer thread: ptxas spilled ~860 bytes per thread.

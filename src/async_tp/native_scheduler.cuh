@@ -1,9 +1,10 @@
-// Tile scheduler of the native async-TP GEMM, for CUTLASS's SM90 TMA warp-specialized cooperative kernel
-// (cutlass/gemm/kernel/sm90_gemm_tma_warpspecialized_cooperative.hpp), selected through the NativeAsyncInputScheduler
-// tag. A static persistent schedule (native_plan.h: native_tile_of) in which the mainloop producer warp -- the only
+// Tile scheduler of the native async-TP GEMM, for CUTLASS's SM90 TMA warp-specialized cooperative and ping-pong
+// kernels (cutlass/gemm/kernel/sm90_gemm_tma_warpspecialized_{cooperative,pingpong}.hpp), selected through the
+// NativeAsyncInputScheduler tag. A static persistent schedule (native_plan.h: native_tile_of) in which the mainloop producer warp -- the only
 // warp that reads A -- waits, before it starts the loads of a tile, until every chunk the tile's rows touch is
 // signalled. The consumer warpgroups and the epilogue walk the same tile sequence without waiting: they consume what
-// the producer's TMA loads deliver through the shared-memory pipeline.
+// the producer's TMA loads deliver through the shared-memory pipeline. (Ping-pong: the producer walks every tile of
+// the CTA's sequence, each consumer warpgroup every second one, through advance_to_next_work / get_current_work.)
 //
 // Including this header requires the CUTLASS include directory (native_gemm.cu only).
 #pragma once
@@ -129,6 +130,12 @@ class NativeTileSchedulerSm90 {
     work_ += stride_;
     return cute::make_tuple(current_work(), true);
   }
+
+  CUTLASS_DEVICE void advance_to_next_work(uint32_t advance_count = 1) {
+    work_ += stride_ * static_cast<int32_t>(advance_count);
+  }
+
+  CUTLASS_DEVICE WorkTileInfo get_current_work() { return current_work(); }
 
   template <class TileSchedulerPipeline, class TileSchedulerPipelineState>
   CUTLASS_DEVICE auto fetch_next_work(WorkTileInfo info, TileSchedulerPipeline&, TileSchedulerPipelineState) {

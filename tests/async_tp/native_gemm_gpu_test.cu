@@ -190,6 +190,9 @@ struct LtGemm {
         const float v = 1.0f;
         cudaMemcpy(one, &v, sizeof(v), cudaMemcpyHostToDevice);
       }
+      const cublasLtMatmulMatrixScale_t mode = CUBLASLT_MATMUL_MATRIX_SCALE_SCALAR_32F;
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode, sizeof(mode));
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode, sizeof(mode));
       cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &one, sizeof(one));
       cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &one, sizeof(one));
     }
@@ -201,10 +204,11 @@ struct LtGemm {
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &kWs, sizeof(kWs));
     cublasLtMatmulHeuristicResult_t res{};
     int found = 0;
-    const bool ok = cublasLtMatmulAlgoGetHeuristic(h, op, lw, la, ld, ld, pref, 1, &res, &found) ==
-                        CUBLAS_STATUS_SUCCESS && found > 0;
+    const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(h, op, lw, la, ld, ld, pref, 1, &res, &found);
     cublasLtMatmulPreferenceDestroy(pref);
-    if (!ok) {
+    if (hs != CUBLAS_STATUS_SUCCESS || found == 0) {
+      std::printf("cuBLASLt heuristic for %s %lldx%lldx%lld: status %d, %d found\n", use_fp8 ? "e4m3" : "bf16",
+                  (long long)m, (long long)n, (long long)k, static_cast<int>(hs), found);
       release();
       return false;
     }
@@ -228,8 +232,21 @@ struct LtGemm {
     cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof(w_scale));
     cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof(a_scale));
     const float alpha = 1.0f, beta = 0.0f;
-    return cublasLtMatmul(h, op, &alpha, w, lw, a, la, &beta, d, ld, d, ld, &algo, ws, kWs, s) ==
-           CUBLAS_STATUS_SUCCESS;
+    const cublasStatus_t ms = cublasLtMatmul(h, op, &alpha, w, lw, a, la, &beta, d, ld, d, ld, &algo, ws, kWs, s);
+    if (ms != CUBLAS_STATUS_SUCCESS) std::printf("cublasLtMatmul (e4m3): status %d\n", static_cast<int>(ms));
+    return ms == CUBLAS_STATUS_SUCCESS;
+  }
+  // The chosen algorithm's tile, stages, cluster shape and split-K, as cuBLASLt's enum values.
+  std::string algo_config() const {
+    int32_t tile = -1, stages = -1, splitk = -1;
+    uint16_t cluster = 0;
+    size_t w = 0;
+    cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof(tile), &w);
+    cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof(stages), &w);
+    cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof(splitk), &w);
+    cublasLtMatmulAlgoConfigGetAttribute(&algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster, sizeof(cluster), &w);
+    return "tile_id " + std::to_string(tile) + " stages_id " + std::to_string(stages) + " cluster_id " +
+           std::to_string(cluster) + " splitk " + std::to_string(splitk);
   }
 };
 
@@ -415,7 +432,8 @@ TEST(NativeGemmGpu, Bf16FedInRandomOrderMatchesCublasLt) {
     CUDA_OK(cudaStreamSynchronize(st.main));
     for (int pivot = 0; pivot < s.chunks; ++pivot, ++run) {
       const Feeder feeder = run % 2 ? Feeder::kKernel : Feeder::kCopyEngine;
-      SCOPED_TRACE("pivot " + std::to_string(pivot) + (feeder == Feeder::kKernel ? " kernel feeder" : " copy engine"));
+      SCOPED_TRACE("pivot " + std::to_string(pivot) + (feeder == Feeder::kKernel ? " kernel feeder" : " copy engine") +
+                   " tile_config " + std::to_string((run / 2) % 2));
       FedRun fr{s.M, s.K, 2, s.chunks, pivot, staging.p, pinned.p, a.p, signals.p, st.main, st.feed, feeder, seed + run};
       fr.prepare();
       CUDA_OK(cudaMemsetAsync(d.p, 0xFF, d.bytes(), st.main));
@@ -434,6 +452,7 @@ TEST(NativeGemmGpu, Bf16FedInRandomOrderMatchesCublasLt) {
       // grid, as a rank of a loopback world does.
       p.max_ctas = feeder == Feeder::kKernel ? sms - 2 : (run % 3 == 0 ? 16 : 0);
       p.raster_band = run % 4;  // 0 (default), 1, 2, 3
+      p.tile_config = (run / 2) % 2;  // both bf16 kernels, each with both feeders
       detail::launch_native_ag_gemm(p, st.main);
       CUDA_OK(cudaStreamSynchronize(st.main));
       CUDA_OK(cudaStreamSynchronize(st.feed));
@@ -728,7 +747,7 @@ TEST(NativeGemmGpu, TimingVsCublasLtSignalsPreset) {
   const Shape shapes[] = {{4096, 3584, 8192, 2}, {8192, 14336, 8192, 2}};
   Streams st;
   SyncState sync;
-  LtGemm lt;
+  LtGemm lt, lt8;
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
   cudaEventCreate(&e1);
@@ -780,17 +799,19 @@ TEST(NativeGemmGpu, TimingVsCublasLtSignalsPreset) {
       std::vector<float> us;
     };
     const NativeAgGemmParams p_def = native(DType::kBFloat16, 0, 0), p_band = native(DType::kBFloat16, 16, 0),
-                             p_tall = native(DType::kBFloat16, 0, 1), p_fp8 = native(DType::kFloat8E4M3, 0, 0);
+                             p_pp = native(DType::kBFloat16, 0, 1), p_fp8 = native(DType::kFloat8E4M3, 0, 0);
     std::vector<Variant> v;
     v.push_back({"bf16 cublaslt", [&] { lt.run(a.p, b.p, ref.p, s.M, s.N, s.K, st.main); }, {}});
     v.push_back({"bf16 native 128x256 band 4", [&] { detail::launch_native_ag_gemm(p_def, st.main); }, {}});
     v.push_back({"bf16 native 128x256 band 16", [&] { detail::launch_native_ag_gemm(p_band, st.main); }, {}});
-    v.push_back({"bf16 native 256x128 band 4", [&] { detail::launch_native_ag_gemm(p_tall, st.main); }, {}});
+    v.push_back({"bf16 native 128x128 pingpong", [&] { detail::launch_native_ag_gemm(p_pp, st.main); }, {}});
     v.push_back({"fp8 tensorwise cublaslt",
-                 [&] { lt.run_fp8(a8.p, scales.p, b8.p, scales.p + 1, ref8.p, s.M, s.N, s.K, st.main); }, {}});
+                 [&] { lt8.run_fp8(a8.p, scales.p, b8.p, scales.p + 1, ref8.p, s.M, s.N, s.K, st.main); }, {}});
     v.push_back({"fp8 tensorwise native 128x128", [&] { detail::launch_native_ag_gemm(p_fp8, st.main); }, {}});
     for (auto& x : v) x.launch();  // warm-up (plans, caches)
     CUDA_OK(cudaStreamSynchronize(st.main));
+    std::printf("native_timing %s cuBLASLt bf16 algo: %s; e4m3 algo: %s\n", shape_name(s).c_str(), lt.algo_config().c_str(),
+                lt8.algo_config().c_str());
     for (int i = 0; i < reps; ++i)
       for (auto& x : v) {
         gpu_sleep_kernel<<<1, 1, 0, st.main>>>(100000);
@@ -813,7 +834,7 @@ TEST(NativeGemmGpu, TimingVsCublasLtSignalsPreset) {
                   shape_name(s).c_str(), x.name.c_str(), med, x.us.front(), tflop / (med * 1e-6), med / base);
     }
     std::fflush(stdout);
-    // Outputs of the last launches: bf16 natives (the 256x128 one ran last) and FP8 against cuBLASLt's.
+    // Outputs of the last launches: bf16 natives (the ping-pong one ran last) and FP8 against cuBLASLt's.
     EXPECT_EQ(count_bad(d.p, ref.p, s.M * s.N, s.K), 0ull);
     EXPECT_EQ(count_bad(d8.p, ref8.p, s.M * s.N, s.K), 0ull);
   }
@@ -831,12 +852,17 @@ TEST(NativeGemmGpu, TimingVsCublasLtSignalsPreset) {
 TEST(NativeGemmGpu, DISABLED_PlatformProbe) {
   SKIP_IF_UNSUPPORTED();
   Streams st;
-  for (int mode = 0; mode < 2; ++mode) {
+  // mode 0: 7 chunks of 1 MiB, each behind a host-function sleep (what the fed test did when it timed out); mode 1: the
+  // same without the sleeps; mode 2: one 4 MiB copy; mode 3: the 7 chunks through cudaMemcpyBatchAsync with
+  // cudaMemcpyFlagPreferOverlapWithCompute.
+  for (int mode = 0; mode < 4; ++mode) {
     SyncState sync;
-    const int64_t M = 4096, N = 2048, K = 1024, half = M / 2 * K;
+    const int64_t M = 4096, N = 2048, K = 1024;
+    const int chunks = mode == 2 ? 2 : 8;
+    const int64_t chunk = M / chunks * K;  // elements
     DevBuf<uint16_t> staging(M * K), a(M * K), b(N * K), d(M * N);
-    DevBuf<uint32_t> signals(2);
-    CUDA_OK(cudaMemset(signals.p, 0, 8));
+    DevBuf<uint32_t> signals(chunks);
+    CUDA_OK(cudaMemset(signals.p, 0, chunks * 4));
     CUDA_OK(cudaMemset(signals.p, 0x01, 4));
     CUDA_OK(cudaMemset(b.p, 0, b.bytes()));
     CUDA_OK(cudaDeviceSynchronize());
@@ -848,28 +874,32 @@ TEST(NativeGemmGpu, DISABLED_PlatformProbe) {
     p.N = N;
     p.K = K;
     p.chunk_signals = signals.p;
-    p.num_chunks = 2;
+    p.num_chunks = chunks;
     p.sync = sync.ctx(2000ull * 1000000);  // 2 s
     detail::launch_native_ag_gemm(p, st.main);
     std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the grid is resident and waiting
-    if (mode == 0) {
-      cudaMemcpyAsync(a.p + half, staging.p + half, half * 2, cudaMemcpyDeviceToDevice, st.feed);
-    } else {
-      void* dst = a.p + half;
-      const void* src = staging.p + half;
-      size_t bytes = half * 2, idx = 0;
-      cudaMemcpyAttributes attr{};
-      attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
-      attr.flags = cudaMemcpyFlagPreferOverlapWithCompute;
-      const cudaError_t e = cudaMemcpyBatchAsync(&dst, &src, &bytes, 1, &attr, &idx, 1, st.feed);
-      if (e != cudaSuccess) std::printf("probe: cudaMemcpyBatchAsync: %s\n", cudaGetErrorString(e));
+    for (int c = 1; c < chunks; ++c) {
+      if (mode == 0) cudaLaunchHostFunc(st.feed, sleep_us, reinterpret_cast<void*>(uintptr_t(200)));
+      if (mode == 3) {
+        void* dst = a.p + c * chunk;
+        const void* src = staging.p + c * chunk;
+        size_t bytes = chunk * 2, idx = 0;
+        cudaMemcpyAttributes attr{};
+        attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+        attr.flags = cudaMemcpyFlagPreferOverlapWithCompute;
+        const cudaError_t e = cudaMemcpyBatchAsync(&dst, &src, &bytes, 1, &attr, &idx, 1, st.feed);
+        if (e != cudaSuccess) std::printf("probe: cudaMemcpyBatchAsync: %s\n", cudaGetErrorString(e));
+      } else {
+        cudaMemcpyAsync(a.p + c * chunk, staging.p + c * chunk, chunk * 2, cudaMemcpyDeviceToDevice, st.feed);
+      }
+      stream_write_value32(st.feed, signals.p + c, 1u);
     }
-    stream_write_value32(st.feed, signals.p + 1, 1u);
     CUDA_OK(cudaStreamSynchronize(st.main));
     CUDA_OK(cudaStreamSynchronize(st.feed));
-    std::printf("probe: same-device D2D copy %s beside a full waiting grid: %s\n",
-                mode == 0 ? "cudaMemcpyAsync" : "cudaMemcpyBatchAsync(PreferOverlapWithCompute)",
-                sync.code() == 0 ? "completed, the GEMM went on" : "did not complete until the 2 s timeout");
+    const char* what[] = {"7 x 1 MiB cudaMemcpyAsync behind host sleeps", "7 x 1 MiB cudaMemcpyAsync",
+                          "1 x 4 MiB cudaMemcpyAsync", "7 x 1 MiB cudaMemcpyBatchAsync(PreferOverlapWithCompute)"};
+    std::printf("probe: same-device D2D, %s, beside a full waiting grid: %s (chunk %d)\n", what[mode],
+                sync.code() == 0 ? "completed" : "TIMED OUT", sync.code() == 0 ? -1 : sync.peer());
   }
   {
     SyncState sync;

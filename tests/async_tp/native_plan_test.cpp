@@ -176,28 +176,21 @@ TEST(NativePlan, TileChunkRanges) {
   }
 }
 
-// The 256-row tiles of tile_config 1: groups of 512 rows, still every tile once.
-TEST(NativePlan, TallTiles) {
+// tile_config 1: 128x128 tiles, every tile once.
+TEST(NativePlan, PingpongTiles) {
   NativeAgGemmParams p;
   p.tile_config = 1;
   const NativeTileShape t = native_tile_shape(p);
-  EXPECT_EQ(t.m, 256);
+  EXPECT_EQ(t.m, 128);
   EXPECT_EQ(t.n, 128);
   const NativeSchedule s = make_native_schedule(1920, 776, 4, 3, t, 0);
-  EXPECT_EQ(s.tiles_m, 8);  // 1920 / 256 = 7.5
+  EXPECT_EQ(s.tiles_m, 15);
   EXPECT_EQ(s.tiles_n, 7);
-  EXPECT_EQ(s.first_tile, 6);  // chunk 3 starts at row 1440: 5.6 tiles -> the tile at row 1536
+  EXPECT_EQ(s.first_tile, 12);  // chunk 3 starts at row 1440: 11.25 tiles -> the tile at row 1536
   std::set<std::pair<int32_t, int32_t>> seen;
   for (const Visit& v : all_visits(s))
     if (v.t.m < s.tiles_m) EXPECT_TRUE(seen.insert({v.t.m, v.t.n}).second);
   EXPECT_EQ(static_cast<int64_t>(seen.size()), int64_t(s.tiles_m) * s.tiles_n);
-  int32_t f, l;
-  native_tile_chunks(s, 7, &f, &l);  // rows 1792..1919 (partial): chunk 3
-  EXPECT_EQ(f, 3);
-  EXPECT_EQ(l, 3);
-  native_tile_chunks(s, 1, &f, &l);  // rows 256..511: chunks 0 (..479) and 1
-  EXPECT_EQ(f, 0);
-  EXPECT_EQ(l, 1);
 }
 
 TEST(NativePlan, FirstTileSkipsAStraddlingTile) {
