@@ -11,6 +11,7 @@
 
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -107,6 +108,29 @@ struct SymmHandle {
   CommPtr comm;
   std::shared_ptr<SymmetricBuffer> buf;
 };
+
+// Every live buffer, so that symm.rendezvous(t) can find the buffer under any tensor viewing its memory. Weak: the
+// buffer lives as long as Python handles or tensors (DLPack contexts) hold it.
+std::mutex g_live_mu;
+std::vector<std::weak_ptr<SymmHandle>> g_live;
+
+void note_live(const std::shared_ptr<SymmHandle>& h) {
+  std::lock_guard<std::mutex> lock(g_live_mu);
+  std::erase_if(g_live, [](const std::weak_ptr<SymmHandle>& w) { return w.expired(); });
+  g_live.push_back(h);
+}
+
+// The live buffer whose local data [local, local + bytes) contains `ptr`, or nullptr.
+std::shared_ptr<SymmHandle> find_live(uintptr_t ptr) {
+  std::lock_guard<std::mutex> lock(g_live_mu);
+  for (const auto& w : g_live) {
+    auto h = w.lock();
+    if (!h) continue;
+    const auto base = reinterpret_cast<uintptr_t>(h->buf->local());
+    if (ptr >= base && ptr < base + h->buf->bytes()) return h;
+  }
+  return nullptr;
+}
 
 struct DlpackCtx {
   std::shared_ptr<SymmHandle> keep;
@@ -346,8 +370,11 @@ PYBIND11_MODULE(_C, m) {
             auto h = std::make_shared<SymmHandle>();
             h->comm = comm;
             h->buf = std::shared_ptr<SymmetricBuffer>(SymmetricBuffer::allocate(*comm, bytes, pad_bytes));
+            note_live(h);
             return h;
           }, py::arg("comm"), py::arg("bytes"), py::arg("signal_pad_bytes") = std::size_t(64 * 1024), release_gil())
+      .def_static("lookup", [](uintptr_t ptr) { return find_live(ptr); }, py::arg("ptr"),
+                  "the live buffer whose local data contains ptr (None when there is none)")
       .def_property_readonly("comm", [](const SymmHandle& h) { return h.comm; })
       .def_property_readonly("rank", [](const SymmHandle& h) { return h.buf->rank(); })
       .def_property_readonly("world_size", [](const SymmHandle& h) { return h.buf->world_size(); })
