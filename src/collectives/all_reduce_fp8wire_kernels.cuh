@@ -21,7 +21,8 @@
 //   q_i  = e4m3_rn_satfinite(fl32(x_i * m))      RNE, |.| > 448 saturates to 448, NaN -> 0x7F
 //   x'_i = fl32(float(q_i) * d)
 // A zero block has d = 0 and codes +-0, so it decodes to +-0. A block holding an Inf or NaN decodes to NaN
-// throughout (Inf: d = Inf, m = 0; NaN: d = NaN). Products are __fmul_rn and sums __fadd_rn, so nvcc cannot
+// throughout (Inf: d = Inf, m = 0; NaN: d = NaN). Below amax = 448 / FLT_MAX the capped multiplier leaves only an
+// absolute accuracy of 2 amax (docs/all_reduce.md, error bound). Products are __fmul_rn and sums __fadd_rn, so nvcc cannot
 // contract a dequantize-and-accumulate into an FMA (the reference rounds after every operation).
 //
 // Thread mapping: a thread handles groups of 16 consecutive elements (one 16-byte vector of codes), grid-stride
@@ -122,11 +123,14 @@ __device__ __forceinline__ void fp8_wire_dequant16(uint4 q, float d, float (&v)[
     }
 }
 
+// acc (ranks 0..r-1) combined with rank r's b. Max/min spelled out rather than fmaxf/fminf, whose choice between
+// -0 and +0 is unspecified: here a NaN operand yields the other one (as fmaxf) and equal operands (-0 == +0) keep
+// the earlier rank's, so the CPU reference can match the sign of a zero bit for bit.
 template <ReduceOp OP>
 __device__ __forceinline__ float fp8_wire_combine(float a, float b) {
   if constexpr (OP == ReduceOp::kSum) return __fadd_rn(a, b);
-  else if constexpr (OP == ReduceOp::kMax) return fmaxf(a, b);
-  else return fminf(a, b);
+  else if constexpr (OP == ReduceOp::kMax) return (b > a || a != a) ? b : a;
+  else return (b < a || a != a) ? b : a;
 }
 
 // ---- groups of 16 elements of T (sizeof(T) 16-byte vectors) --------------------------------------------------------
@@ -187,6 +191,7 @@ __global__ void __launch_bounds__(512) all_reduce_two_shot_fp8wire(const __grid_
   const int W = Wd::size(p);
   const int lane = static_cast<int>(threadIdx.x & 31u);
   const int bl = p.block_lanes;
+  const int bl_shift = bl == 8 ? 3 : 1;        // group j belongs to block j >> bl_shift (bl is 8 or 2)
   const bool leader = (lane & (bl - 1)) == 0;  // the lane that stores its block's scale
   const std::size_t chunk_elems = p.chunk_blocks * static_cast<std::size_t>(bl) * kFp8WireGroup;
   auto groups_of = [&](int c) -> std::size_t {  // groups of owner c's slice (a multiple of bl)
@@ -226,7 +231,7 @@ __global__ void __launch_bounds__(512) all_reduce_two_shot_fp8wire(const __grid_
         const Fp8WireScale s = fp8_wire_scale(fp8_wire_block_amax(fp8_wire_absmax_bits(v), bl));
         if (j < ng) {
           st_v4(dst + j * 16, fp8_wire_quant16(v, s.mult));
-          if (leader) st_f32(dst + p.scale_offset + (j / bl) * sizeof(float), s.scale);
+          if (leader) st_f32(dst + p.scale_offset + (j >> bl_shift) * sizeof(float), s.scale);
         }
       }
     }
@@ -256,7 +261,7 @@ __global__ void __launch_bounds__(512) all_reduce_two_shot_fp8wire(const __grid_
           const std::size_t j = base + u * stride;
           if (j < ng) {
             q[u] = ld_v4_cg(slot + j * 16);
-            d[u] = ld_f32_cg(slot + p.scale_offset + (j / bl) * sizeof(float));
+            d[u] = ld_f32_cg(slot + p.scale_offset + (j >> bl_shift) * sizeof(float));
           }
         }
 #pragma unroll
@@ -287,7 +292,7 @@ __global__ void __launch_bounds__(512) all_reduce_two_shot_fp8wire(const __grid_
             if (q == p.rank) continue;
             char* g = p.peer_ws[q] + gather_off;
             st_v4(g + j * 16, qv);
-            if (leader) st_f32(g + p.scale_offset + (j / bl) * sizeof(float), s.scale);
+            if (leader) st_f32(g + p.scale_offset + (j >> bl_shift) * sizeof(float), s.scale);
           }
         } else {
           if (j >= ng) continue;
@@ -325,7 +330,7 @@ __global__ void __launch_bounds__(512) all_reduce_two_shot_fp8wire(const __grid_
             const std::size_t j = base + u * stride;
             if (j < ng) {
               q[u] = ld_v4_cg(src + j * 16);
-              d[u] = ld_f32_cg(src + p.scale_offset + (j / bl) * sizeof(float));
+              d[u] = ld_f32_cg(src + p.scale_offset + (j >> bl_shift) * sizeof(float));
             }
           }
 #pragma unroll

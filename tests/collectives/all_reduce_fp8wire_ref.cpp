@@ -22,8 +22,9 @@ using quant::ref::fp8_encode;
 float combine(ReduceOp op, float a, float b) {
   switch (op) {
     case ReduceOp::kSum: return f32_add(a, b);
-    case ReduceOp::kMax: return std::fmax(a, b);  // CUDA fmaxf: a NaN operand yields the other one
-    case ReduceOp::kMin: return std::fmin(a, b);
+    // As the kernel (fp8_wire_combine): a NaN operand yields the other one, equal operands (-0, +0) keep a.
+    case ReduceOp::kMax: return (b > a || std::isnan(a)) ? b : a;
+    case ReduceOp::kMin: return (b < a || std::isnan(a)) ? b : a;
   }
   throw Error(ErrorCode::kInvalidArgument, "op: unknown in the reference");
 }
