@@ -244,8 +244,8 @@ def loopback_world(world_size: int, device=None, **options) -> list[Communicator
     """A loopback world: `world_size` ranks in this process, all on one GPU (default: the current device). Element i is
     rank i; drive each from its own thread (every collective needs all ranks), with that thread's current stream.
     Each rank registers under its own group name (comm.group_name). For correctness tests: ranks share one GPU."""
-    dev = _group_device(None, device) if device is not None else torch.cuda.current_device()
     opts = _options(options)
+    dev = _group_device(None, device) if device is not None else torch.cuda.current_device()
     natives = _C.Communicator.create_loopback(world_size, dev, opts)
     wid = next(_loopback_ids)
     with _lock:

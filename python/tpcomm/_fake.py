@@ -39,6 +39,13 @@ def _gathered(A: torch.Tensor, gather_dim: int, world: int) -> list:
     return sizes
 
 
+def _dtypes(scalar_types) -> list:
+    """ScalarType?[] arrives in a fake as the enum's integers; torch.ops.symm_mem's helper maps them back."""
+    from torch.distributed._symmetric_memory import _maybe_convert_scalar_types_to_dtypes
+
+    return _maybe_convert_scalar_types_to_dtypes(list(scalar_types))
+
+
 def _n_of(B: torch.Tensor, arg: str):
     if B.dim() != 2:
         raise invalid_argument(arg, f"must be 2-D (K, N), got sizes {tuple(B.shape)}")
@@ -81,6 +88,7 @@ def _fused_all_gather_matmul(A, Bs, gather_dim, group_name, *, return_A=True, en
 def _fused_all_gather_scaled_matmul(A, Bs, A_scale, B_scales, gather_dim, group_name, biases, result_scales,
                                     out_dtypes, use_fast_accum, *, engine="auto", allow_fallback=False):
     g = _gathered(A, gather_dim, _world_size(group_name))
+    out_dtypes = _dtypes(out_dtypes)
     if len(out_dtypes) != len(Bs):
         raise invalid_argument("out_dtypes", f"{len(out_dtypes)} entries for {len(Bs)} Bs")
     outs = [A.new_empty(g[:-1] + [_n_of(B, f"Bs[{i}]")], dtype=dt if dt is not None else A.dtype)
@@ -111,4 +119,6 @@ def _fused_scaled_matmul_reduce_scatter(A, B, A_scale, B_scale, reduce_op, orig_
         leading = list(output_shape[:-1])
     else:
         leading = list(A.shape[:-1])
+    if out_dtype is not None and not isinstance(out_dtype, torch.dtype):
+        out_dtype = _dtypes([out_dtype])[0]
     return _rs_out(A, B, leading, orig_scatter_dim, group_name, out_dtype if out_dtype is not None else A.dtype)
