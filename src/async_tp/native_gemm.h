@@ -60,8 +60,8 @@ struct NativeAgGemmParams {
   // M-tile groups (of one cluster, 2 x 128 rows) per raster band: the tiles of a band are handed out along N, band
   // after band in the pivot order. 0 = the built-in default (tuned on one H200).
   int raster_band = 0;
-  // Tile configuration: 0 = the default for the dtype (native_plan.h); 1 = bf16 with 128x128x64 ping-pong tiles
-  // (A/B against the default 128x256x64 cooperative; finer waves for shapes the default quantizes badly).
+  // Tile configuration: 0 = the default for the dtype (native_plan.h: bf16 128x128x64 ping-pong, FP8 128x128x128
+  // cooperative); 1 = bf16 with PyTorch's 128x256x64 cooperative tiles (kept for A/B measurements).
   int tile_config = 0;
 };
 

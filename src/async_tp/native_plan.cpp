@@ -24,7 +24,7 @@ std::string num(int64_t v) { return std::to_string(v); }
 
 NativeTileShape native_tile_shape(const NativeAgGemmParams& p) {
   if (p.ab_dtype == DType::kFloat8E4M3) return kNativeTileFp8;
-  return p.tile_config == 1 ? kNativeTileBf16Pingpong : kNativeTileBf16;
+  return p.tile_config == 1 ? kNativeTileBf16Coop : kNativeTileBf16Pingpong;
 }
 
 NativeSchedule make_native_schedule(int64_t M, int64_t N, int num_chunks, int pivot_chunk, const NativeTileShape& tile,
@@ -102,7 +102,7 @@ std::string native_unsupported_host(const NativeAgGemmParams& p) {
     return "ldb: column stride of B (" + num(ldb) + " elements) is not a multiple of 16 bytes (TMA)";
   if ((ldd * 2) % 16 != 0)
     return "ldd: row stride of D (" + num(ldd) + " elements) is not a multiple of 16 bytes (TMA)";
-  if (p.tile_config == 1 && p.ab_dtype != DType::kBFloat16) return "tile_config: 1 (128x128x64 ping-pong) is built for bf16 only";
+  if (p.tile_config == 1 && p.ab_dtype != DType::kBFloat16) return "tile_config: 1 (128x256x64 cooperative) is built for bf16 only";
   if (p.max_ctas == 1) return "max_ctas: 1 is below one cluster (the kernel runs CTAs in pairs)";
   const NativeTileShape t = native_tile_shape(p);
   const int64_t work = ceil_div(ceil_div(p.M, t.m), t.cluster_m) * ceil_div(p.N, t.n);

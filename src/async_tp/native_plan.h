@@ -32,17 +32,21 @@ namespace tpcomm::detail {
 struct NativeTileShape {
   int m, n, k, cluster_m;
 };
-// bf16: PyTorch's _async_input_mm configuration (128x256x64, cluster 2x1x1, cooperative: two consumer warpgroups of
-// 64 rows each, 4 smem stages of 48 KiB).
-constexpr NativeTileShape kNativeTileBf16{128, 256, 64, 2};
-// bf16, tile_config 1: 128x128x64 ping-pong (each consumer warpgroup a whole tile, the two alternating so one's
-// epilogue overlaps the other's mainloop), cluster 2x1x1: 4x the tiles of the default, finer waves.
+// bf16 default: 128x128x64 ping-pong (each consumer warpgroup computes a whole tile, the two alternate so one's
+// epilogue overlaps the other's mainloop), cluster 2x1x1. Measured on nvidia-h200 against tile_config 1 (PyTorch's
+// _async_input_mm configuration: 128x256x64 cooperative, cluster 2x1x1) and cuBLASLt, all signals preset, CUDA-event
+// medians interleaved (tests/async_tp/native_gemm_gpu_test.cu, TimingVsCublasLtSignalsPreset): 4096x3584x8192
+// 328.6 us vs 344.8 us (cuBLASLt 318.8: the 128x256 tiles make 3.4 waves on 132 SMs), 8192x14336x8192 2843 vs 2862 us
+// (cuBLASLt 2797). A 256x128x64 cooperative tile measured no better than 128x256 (343.6 / 2726 us in its own run).
 constexpr NativeTileShape kNativeTileBf16Pingpong{128, 128, 64, 2};
+// bf16, tile_config 1: 128x256x64 cooperative (two consumer warpgroups of 64 rows each), cluster 2x1x1.
+constexpr NativeTileShape kNativeTileBf16Coop{128, 256, 64, 2};
 // FP8: 128x128 output tiles with a 128-deep K step (128 bytes of e4m3 per row, the 128-byte swizzle's width, as for
 // bf16's 64). Not 128x256: CUTLASS's accurate FP8 mainloop keeps a second (per-k-block) accumulator set beside the
 // fp32 one, and at 128x256 the two need 2 x 128 registers per consumer thread: ptxas spilled ~860 bytes per thread.
 constexpr NativeTileShape kNativeTileFp8{128, 128, 128, 2};
-// Default groups per raster band (see native_gemm.cu for the measurement behind it).
+// Default groups per raster band. On nvidia-h200 the band made no measurable difference for the 128x256 tiles at
+// 4096x3584x8192 and 8192x14336x8192 (bands 1, 2, 4, 8, 16 within 1.5%, no order), so it is a middle value.
 constexpr int kNativeDefaultBand = 4;
 
 struct NativeSchedule {

@@ -43,7 +43,7 @@ TEST(NativePlan, EveryTileExactlyOnce) {
       for (int band : {0, 1, 2, 3, 8, 100}) {
         SCOPED_TRACE(std::to_string(c.M) + "x" + std::to_string(c.N) + " chunks " + std::to_string(c.chunks) +
                      " pivot " + std::to_string(pivot) + " band " + std::to_string(band));
-        const NativeSchedule s = make_native_schedule(c.M, c.N, c.chunks, pivot, kNativeTileBf16, band);
+        const NativeSchedule s = make_native_schedule(c.M, c.N, c.chunks, pivot, kNativeTileBf16Coop, band);
         EXPECT_EQ(s.tiles_m, (c.M + 127) / 128);
         EXPECT_EQ(s.tiles_n, (c.N + 255) / 256);
         EXPECT_GE(s.band, 1);
@@ -69,7 +69,7 @@ TEST(NativePlan, EveryTileExactlyOnce) {
 // visiting order; phantom tiles come only last.
 TEST(NativePlan, ClusterSharesTheNTile) {
   for (const Case& c : kCases) {
-    const NativeSchedule s = make_native_schedule(c.M, c.N, c.chunks, c.chunks - 1, kNativeTileBf16, 0);
+    const NativeSchedule s = make_native_schedule(c.M, c.N, c.chunks, c.chunks - 1, kNativeTileBf16Coop, 0);
     for (int32_t w = 0; w < s.num_work; ++w) {
       const NativeTile t0 = native_tile_of(s, w, 0), t1 = native_tile_of(s, w, 1);
       EXPECT_EQ(t0.n, t1.n);
@@ -86,7 +86,7 @@ TEST(NativePlan, PivotOrder) {
   for (const Case& c : kCases)
     for (int pivot = 0; pivot < c.chunks; ++pivot) {
       SCOPED_TRACE(std::to_string(c.M) + " chunks " + std::to_string(c.chunks) + " pivot " + std::to_string(pivot));
-      const NativeSchedule s = make_native_schedule(c.M, c.N, c.chunks, pivot, kNativeTileBf16, 0);
+      const NativeSchedule s = make_native_schedule(c.M, c.N, c.chunks, pivot, kNativeTileBf16Coop, 0);
       const int64_t chunk_rows = c.M / c.chunks;
       if (chunk_rows >= 128 && (pivot * chunk_rows) % 128 == 0) {
         int32_t f, l;
@@ -123,7 +123,7 @@ TEST(NativePlan, PivotOrder) {
 // Inside a band the tiles go along N: the first `size` work units of a band are n tile 0 of each of its groups, the
 // next n tile 1, ...
 TEST(NativePlan, RasterAlongNInsideABand) {
-  const NativeSchedule s = make_native_schedule(4096, 3584, 2, 1, kNativeTileBf16, 4);
+  const NativeSchedule s = make_native_schedule(4096, 3584, 2, 1, kNativeTileBf16Coop, 4);
   ASSERT_EQ(s.tiles_m, 32);
   ASSERT_EQ(s.tiles_n, 14);
   ASSERT_EQ(s.groups, 16);
@@ -140,7 +140,7 @@ TEST(NativePlan, RasterAlongNInsideABand) {
   // The visiting order wraps: groups 8..15 of the order are m tiles 0..15 (chunk 0).
   EXPECT_EQ(native_tile_of(s, 8 * 14, 0).m, 0);
   // A partial last band (groups 16 = 4 bands of 4 here; with band 5: 3 full bands and one of 1 group).
-  const NativeSchedule s5 = make_native_schedule(4096, 3584, 2, 0, kNativeTileBf16, 5);
+  const NativeSchedule s5 = make_native_schedule(4096, 3584, 2, 0, kNativeTileBf16Coop, 5);
   for (int32_t n = 0; n < 14; ++n) {
     const NativeTile t = native_tile_of(s5, 15 * 14 + n, 0);
     EXPECT_EQ(t.m, 30);
@@ -150,7 +150,7 @@ TEST(NativePlan, RasterAlongNInsideABand) {
 
 TEST(NativePlan, TileChunkRanges) {
   // 72 rows per chunk, 128-row tiles: tile 0 = rows 0..127 = chunks 0 (0..71) and 1 (72..143).
-  NativeSchedule s = make_native_schedule(576, 520, 8, 0, kNativeTileBf16, 0);
+  NativeSchedule s = make_native_schedule(576, 520, 8, 0, kNativeTileBf16Coop, 0);
   int32_t f, l;
   native_tile_chunks(s, 0, &f, &l);
   EXPECT_EQ(f, 0);
@@ -176,10 +176,16 @@ TEST(NativePlan, TileChunkRanges) {
   }
 }
 
-// tile_config 1: 128x128 tiles, every tile once.
-TEST(NativePlan, PingpongTiles) {
+// The bf16 default (128x128 ping-pong) and tile_config 1 (128x256); the 128x128 schedule covers every tile once.
+TEST(NativePlan, TileConfigs) {
   NativeAgGemmParams p;
+  EXPECT_EQ(native_tile_shape(p).n, 128);
   p.tile_config = 1;
+  EXPECT_EQ(native_tile_shape(p).n, 256);
+  p.tile_config = 0;
+  p.ab_dtype = DType::kFloat8E4M3;
+  EXPECT_EQ(native_tile_shape(p).k, 128);
+  p.ab_dtype = DType::kBFloat16;
   const NativeTileShape t = native_tile_shape(p);
   EXPECT_EQ(t.m, 128);
   EXPECT_EQ(t.n, 128);
@@ -196,7 +202,7 @@ TEST(NativePlan, PingpongTiles) {
 TEST(NativePlan, FirstTileSkipsAStraddlingTile) {
   // 192 rows per chunk: chunk 1 is rows 192..383; tile 1 (128..255) straddles chunks 0 and 1, tile 2 (256..383) is
   // inside chunk 1 and comes first; the straddler comes last.
-  const NativeSchedule s = make_native_schedule(768, 1000, 4, 1, kNativeTileBf16, 0);
+  const NativeSchedule s = make_native_schedule(768, 1000, 4, 1, kNativeTileBf16Coop, 0);
   EXPECT_EQ(s.first_tile, 2);
   EXPECT_EQ((s.first_tile + s.tiles_m - 1) % s.tiles_m, 1);
 }
