@@ -205,9 +205,12 @@ TEST_P(Fp8WireLoopbackMatrix, EveryDtypeBlockGatherWireSizeAndLayout) {
             }
           if (HasFailure()) return;
         }
-        // A larger message per dtype and mode, through kAuto (which must pick the FP8 two-shot: it fits).
-        run_case(w, {dt, ReduceOp::kSum, B, g, (std::size_t(1) << 20) + 3, false, 0, true, AllReduceAlgo::kAuto});
-        ++ran;
+        // A larger message through kAuto (which must pick the FP8 two-shot: it fits), for two of the four
+        // block / all-gather combinations per dtype (the CPU reference dominates the test's time).
+        if ((B == 128) == g) {
+          run_case(w, {dt, ReduceOp::kSum, B, g, (std::size_t(1) << 20) + 3, false, 0, true, AllReduceAlgo::kAuto});
+          ++ran;
+        }
       }
   EXPECT_GT(ran, 150);
 }
@@ -249,12 +252,12 @@ TEST(Fp8WireLoopback, GenericWorldKernelAtWorldTwo) {
 }
 
 // The error against the exact (float64) sum, reported: for each block size and all-gather wire, bf16 sum at W = 2
-// and 4 on 4M elements of uniform [-1, 1) inputs, next to the exact two-shot on the same inputs.
+// and 4 on 2M elements of uniform [-1, 1) inputs, next to the exact two-shot on the same inputs.
 TEST(Fp8WireLoopback, ErrorAgainstTheExactSum) {
   SKIP_WITHOUT_GPU();
   for (int W : {2, 4}) {
     World w(W);
-    const std::size_t count = std::size_t(4) << 20;
+    const std::size_t count = std::size_t(2) << 20;
     const DType dt = DType::kBFloat16;
     const uint64_t seed = test::fresh_seed();
     std::vector<std::vector<uint8_t>> inputs(W);
