@@ -1,6 +1,7 @@
 // tpcomm-bench: one CLI for every benchmark suite.
 //   tpcomm-bench                      run every suite with its defaults (the README's main job)
 //   tpcomm-bench <suite> [options]    run one suite; `tpcomm-bench <suite> --help` lists its options
+#include <cstdlib>
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -17,6 +18,9 @@ std::map<std::string, Suite>& suite_registry() {
 }  // namespace tpcomm::bench
 
 int main(int argc, char** argv) {
+  // Before the first CUDA call: a loopback world runs several ranks in one context, where a lazy module load can
+  // wait for another rank's spinning kernel (tests/common/gpu_main.cpp says more).
+  setenv("CUDA_MODULE_LOADING", "EAGER", 0);
   auto& reg = tpcomm::bench::suite_registry();
   if (argc >= 2 && (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h"))) {
     std::printf("usage: tpcomm-bench [suite [options]]\nsuites:\n");

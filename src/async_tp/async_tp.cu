@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -379,6 +380,25 @@ void run_chunk(AsyncTpState& s, const ChunkGemm& g, cudaStream_t stream) {
     TPCOMM_CUDA_CHECK(cudaGetLastError());
   }
 }
+
+// Loopback worlds (every rank in one CUDA context): cuBLASLt loads a GEMM kernel's module at its first launch, and
+// that load waits for kernels already running in the context, e.g. another rank's start barrier spinning on this
+// rank: a deadlock until the timeout (seen on nvidia-h200 with the first call of a new shape). So the first call of
+// each signature launches its chunk GEMM once while no rank has anything in flight (host barriers on both sides);
+// later calls find the kernels loaded. Separate processes (the normal case) have separate contexts and skip this.
+void warm_gemms_once(const Communicator& comm, AsyncTpState& s, uint64_t key, cudaStream_t stream,
+                     const std::function<void()>& gemms) {
+  if (!comm.loopback() || s.warmed.count(key) || capturing(stream)) return;
+  TPCOMM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  TPCOMM_CUDA_CHECK(cudaStreamSynchronize(s.side));
+  comm.host_barrier();
+  gemms();
+  TPCOMM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  comm.host_barrier();
+  s.warmed.insert(key);
+}
+
+uint64_t mix(uint64_t h, uint64_t v) { return (h ^ v) * 1099511628211ull; }
 
 void log_fallback_once(bool& logged, CommImpl& c, const char* op, const std::string& why) {
   c.atp_fallbacks++;
@@ -836,6 +856,22 @@ AsyncTpEngine all_gather_matmul(const Communicator& comm, const AllGatherMatmulA
   AsyncTpState& s = detail::state(comm);
   detail::ensure_workspace(comm, s, detail::ag_ws_bytes(p), stream);
   detail::ensure_scratch(s, detail::ag_scratch_bytes(args, p), stream);
+  if (d.engine == AsyncTpEngine::kDecomposed) {
+    uint64_t key = detail::mix(detail::ag_tag(p), 0xA6);
+    key = detail::mix(key, static_cast<uint64_t>(p.a_dtype) | static_cast<uint64_t>(p.a_scale) << 8);
+    for (int i = 0; i < p.num_b; ++i)
+      key = detail::mix(key, static_cast<uint64_t>(p.out_dtype[i]) | static_cast<uint64_t>(p.b_scale[i]) << 8 |
+                                 static_cast<uint64_t>(p.b_layout[i].col_major) << 16 | static_cast<uint64_t>(p.has_bias[i]) << 17 |
+                                 static_cast<uint64_t>(p.b_layout[i].ld) << 20);
+    detail::warm_gemms_once(comm, s, key, stream, [&] {
+      // Every chunk's GEMM has the own chunk's shape; its rows of the outputs are written again by the call.
+      const bool sharded = p.scale_slot_bytes > 0;
+      float* own_scale = sharded ? detail::ag_scale_slot(s, p, c.rank, c.rank) : nullptr;
+      if (sharded) detail::copy_own_scale(args, p, own_scale, stream);
+      detail::ag_chunk_gemms(s, args, p, c.rank, args.a_shard.data, own_scale, stream);
+    });
+    s.scratch_used = 0;
+  }
   switch (d.engine) {
     case AsyncTpEngine::kDecomposed:
       detail::ag_decomposed(comm, s, args, p, d.transport, stream);
@@ -876,6 +912,13 @@ AsyncTpEngine matmul_reduce_scatter(const Communicator& comm, const MatmulReduce
   detail::ensure_workspace(comm, s, detail::rs_ws_bytes(p), stream);
   detail::ensure_scratch(s, detail::rs_scratch_bytes(args, p), stream);
   if (d.engine == AsyncTpEngine::kDecomposed) {
+    uint64_t key = detail::mix(detail::rs_tag(p), 0x25);
+    key = detail::mix(key, static_cast<uint64_t>(p.a_dtype) | static_cast<uint64_t>(p.a_scale) << 8 |
+                               static_cast<uint64_t>(p.b_scale) << 12 | static_cast<uint64_t>(p.out_dtype) << 16 |
+                               static_cast<uint64_t>(p.b_layout.col_major) << 20 | static_cast<uint64_t>(p.b_layout.ld) << 24);
+    // The own chunk's GEMM writes this rank's receive slot, which the call writes again.
+    detail::warm_gemms_once(comm, s, key, stream, [&] { detail::rs_chunk_gemm(s, args, p, c.rank, detail::rs_recv(s, p, c.rank, c.rank), stream); });
+    s.scratch_used = 0;
     detail::rs_decomposed(comm, s, args, p, d.transport, stream);
     c.atp_fused++;
   } else {

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <set>
 
 #include "async_tp/kernels.cuh"
 #include "async_tp/lt_gemm.h"
@@ -40,6 +41,7 @@ struct AsyncTpState {
   std::unique_ptr<LtGemm> lt;
   int sm_count = 0;
   bool logged_fallback_ag = false, logged_fallback_rs = false;
+  std::set<uint64_t> warmed;             // loopback worlds: call signatures whose GEMMs were launched once in lockstep
 
   ~AsyncTpState();
   uint32_t* ag_signals() const { return reinterpret_cast<uint32_t*>(reinterpret_cast<char*>(ws->local_signal_pad()) + kAtpPadAgSignals); }

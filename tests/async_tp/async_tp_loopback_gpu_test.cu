@@ -575,6 +575,17 @@ TEST_F(AsyncTpLoopback, AgFp8Decomposed) {
   run_ag_case(c);
 }
 
+// The shape of tests/quantize/quant_gemm_gpu_test.cu (where cuBLASLt's block scaling is verified): K/128 = 4.
+TEST_F(AsyncTpLoopback, AgFp8BlockwiseQuantGemmShape) {
+  AgCase c;
+  c.world = 2;
+  c.shard = {128, 512};
+  c.Ns = {384};
+  c.dtype = DType::kFloat8E4M3;
+  c.fp8 = Fp8Mode::kBlockSharded;
+  run_ag_case(c);
+}
+
 TEST_F(AsyncTpLoopback, AgNative) {
   for (int W : {2, 4})
     for (auto m : {Fp8Mode::kNone, Fp8Mode::kTensor, Fp8Mode::kRowSharded}) {
