@@ -20,6 +20,9 @@ if [ "${TPCOMM_SKIP_BENCH:-0}" != 1 ]; then
   "$BUILD/tpcomm-bench" --out "$OUTDIR" "$@" > "$OUTDIR/bench.log" 2>&1
   bench_rc=$?
   grep -v "^  .* done$" "$OUTDIR/bench.log" | tail -80
+  # Async TP (ag_gemm, gemm_rs: a loopback world of 2 ranks on a one-GPU machine, every GPU otherwise): verdicts.
+  echo "== async TP"
+  grep -E "^(ag_gemm|gemm_rs): |^(CHECK|REFERENCE) FAILED|^wrote .*async_tp|^rank 0 async-TP" "$OUTDIR/bench.log" | head -60
 else
   bench_rc=0
 fi

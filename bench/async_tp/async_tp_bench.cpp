@@ -622,7 +622,8 @@ void Rank::compute_ref(int round) {
 
 std::string engine_label(AsyncTpEngine e, AsyncTpTransport t) {
   std::string s = async_tp_engine_name(e);
-  if (e == AsyncTpEngine::kDecomposed) s += std::string(":") + async_tp_transport_name(t);
+  // Both fused engines move the chunks with the copy engine or SM copies.
+  if (e == AsyncTpEngine::kDecomposed || e == AsyncTpEngine::kNative) s += std::string(":") + async_tp_transport_name(t);
   return s;
 }
 
@@ -695,7 +696,11 @@ std::string Rank::skip_reason(const Impl& im, AllGatherMatmulArgs* ag, MatmulRed
       d = resolve_matmul_reduce_scatter(comm_, *rs);
     }
     *engine = engine_label(d.engine, d.transport);
-    if (im.engine == AsyncTpEngine::kAuto) return {};
+    if (im.engine == AsyncTpEngine::kAuto) {
+      if (d.engine == AsyncTpEngine::kUnfused && w_.loopback)
+        return "auto resolved to the unfused engine (" + d.reason + "), which needs NCCL: a loopback world has none";
+      return {};
+    }
     if (d.engine != im.engine || (im.engine != AsyncTpEngine::kUnfused && !d.fused))
       return d.reason.empty() ? std::string("resolve chose ") + *engine : d.reason;
     if (im.engine == AsyncTpEngine::kDecomposed && im.tr != AsyncTpTransport::kAuto && d.transport != im.tr)
@@ -863,8 +868,15 @@ void Rank::run_impl(const Impl& im) {
   for (const auto& mode : a_.modes) {
     Row row = base_row(im, mode);
     row.iters = iters;
-    if (!im.gemm_only) row.engine = engine_label(ran, im.engine == AsyncTpEngine::kDecomposed ? im.tr : AsyncTpTransport::kAuto);
-    if (im.engine == AsyncTpEngine::kAuto && !im.gemm_only) row.engine = engine;
+    if (!im.gemm_only) {
+      // What resolve_*() said, checked against what the call returned.
+      row.engine = engine;
+      const std::string ran_name = async_tp_engine_name(ran);
+      if (all_ok && engine.rfind(ran_name, 0) != 0) {
+        row.check_detail = "resolve said " + engine + " but the call ran " + ran_name + "; ";
+        row.correct = 0;
+      }
+    }
     if (!all_ok) {
       row.error = error;
       row.correct = 0;
@@ -879,14 +891,14 @@ void Rank::run_impl(const Impl& im) {
         row.check_detail = "not checked: " + (ref_err_.empty() ? std::string("the reference failed its own check") : ref_err_);
       } else {
         const Verdict& v = mode == "graph" ? graph_v : eager_v;
-        row.correct = v.ok ? 1 : 0;
+        row.correct = v.ok && row.correct != 0 ? 1 : 0;
         row.rel = v.rel;
         row.worst_row = v.worst;
-        row.check_detail = v.detail;
-        if (!v.ok && lead()) {
+        row.check_detail += v.detail;
+        if (row.correct == 0 && lead()) {
           ++w_.failures;
           std::printf("CHECK FAILED (%s): %s %s %s %s: rel %.3g, worst row %.3g: %s\n", mode.c_str(), suite_name(w_.suite),
-                      im.label().c_str(), pr_->name, sh_.str().c_str(), v.rel, v.worst, v.detail.c_str());
+                      im.label().c_str(), pr_->name, sh_.str().c_str(), v.rel, v.worst, row.check_detail.c_str());
         }
       }
     }

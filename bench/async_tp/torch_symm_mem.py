@@ -35,6 +35,39 @@ import traceback
 FP8_MAX = 448.0
 
 
+# ---- FP8 quantization (e4m3, dequantization scales: x ~= q * scale) ----------------------------------------
+
+
+def quant_tensor(x, amax):
+    import torch
+    s = FP8_MAX / amax.clamp(min=1e-12)
+    return (x.float() * s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), (1.0 / s).float().reshape(())
+
+
+def quant_rows(x):  # one scale per row of x (rows, cols)
+    import torch
+    amax = x.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
+    s = FP8_MAX / amax
+    return (x.float() * s).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), (1.0 / s).float()
+
+
+def quant_blocks(x, br):  # (br x 128) blocks of x (rows, cols): scales (ceil(rows/br), cols/128) row-major
+    import torch
+    r, c = x.shape
+    rp = (r + br - 1) // br * br
+    xp = torch.zeros(rp, c, dtype=torch.float32, device=x.device)
+    xp[:r] = x.float()
+    blk = xp.view(rp // br, br, c // 128, 128)
+    amax = blk.abs().amax(dim=(1, 3), keepdim=True).clamp(min=1e-12)
+    s = FP8_MAX / amax
+    q = (blk * s).clamp(-FP8_MAX, FP8_MAX).view(rp, c)[:r].to(torch.float8_e4m3fn)
+    return q, (1.0 / s).view(rp // br, c // 128)
+
+
+def outer_major(t):  # same values, strides (1, rows): the layout _scaled_mm wants for blockwise scales
+    return t.t().contiguous().t()
+
+
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--suite", choices=["ag_gemm", "gemm_rs"], required=True)
@@ -162,31 +195,7 @@ def main():
             ts.append(e0.elapsed_time(e1) * 1000.0 / iters)
         return max_over_ranks(statistics.median(ts)), g, last
 
-    # ---- inputs ----------------------------------------------------------------------------------------------------
     F8 = torch.float8_e4m3fn
-
-    def quant_tensor(x, amax):
-        s = FP8_MAX / amax.clamp(min=1e-12)
-        return (x.float() * s).clamp(-FP8_MAX, FP8_MAX).to(F8), (1.0 / s).float().reshape(())
-
-    def quant_rows(x):  # one scale per row of x (rows, cols)
-        amax = x.float().abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
-        s = FP8_MAX / amax
-        return (x.float() * s).clamp(-FP8_MAX, FP8_MAX).to(F8), (1.0 / s).float()
-
-    def quant_blocks(x, br):  # (br x 128) blocks of x (rows, cols): scales (ceil(rows/br), cols/128) row-major
-        r, c = x.shape
-        rp = (r + br - 1) // br * br
-        xp = torch.zeros(rp, c, dtype=torch.float32, device=x.device)
-        xp[:r] = x.float()
-        blk = xp.view(rp // br, br, c // 128, 128)
-        amax = blk.abs().amax(dim=(1, 3), keepdim=True).clamp(min=1e-12)
-        s = FP8_MAX / amax
-        q = (blk * s).clamp(-FP8_MAX, FP8_MAX).view(rp, c)[:r].to(F8)
-        return q, (1.0 / s).view(rp // br, c // 128)
-
-    def outer_major(t):  # same values, strides (1, rows): the layout _scaled_mm wants for blockwise scales
-        return t.t().contiguous().t()
 
     def make_inputs(suite, M, K, N, dtype, seed):
         """Returns a dict of this rank's tensors: a, b (the op's operands), sa, sb (scales or None)."""
@@ -363,11 +372,14 @@ def main():
             torch.cuda.empty_cache()
             dist.barrier()
 
+    def finite(r):  # JSON has no Infinity / NaN: write null
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+
     if rank == 0:
         with open(args.out, "w") as fh:
             fh.write(json.dumps({"meta": meta}) + "\n")
             for r in rows:
-                fh.write(json.dumps(r) + "\n")
+                fh.write(json.dumps(finite(r)) + "\n")
     dist.barrier()
     dist.destroy_process_group()
 
