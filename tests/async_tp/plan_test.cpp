@@ -232,6 +232,21 @@ TEST(AsyncTpPlan, RsScaleModes) {
   s.strides[1] = 256;
   r.a_scale = s;
   r.b_scale = tv(5, DType::kFloat32, {2, 1});
+  // K = 256 blockwise: refused (cuBLASLt gave wrong results there on H200), naming the argument.
+  try {
+    plan_matmul_reduce_scatter(r, 2);
+    ADD_FAILURE() << "K = 256 blockwise accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kUnsupported);
+    EXPECT_EQ(std::string(e.what()).rfind("unsupported: b_scale:", 0), 0u) << e.what();
+  }
+  r.a = tv(1, DType::kFloat8E4M3, {2, 128, 512});
+  r.b = TensorView::weight_t(addr(2), DType::kFloat8E4M3, 512, 128);
+  s = tv(4, DType::kFloat32, {256, 4});
+  s.strides[0] = 1;
+  s.strides[1] = 256;
+  r.a_scale = s;
+  r.b_scale = tv(5, DType::kFloat32, {4, 1});
   EXPECT_EQ(plan_matmul_reduce_scatter(r, 2).a_scale, ScaleMode::kBlockwise);
 }
 
