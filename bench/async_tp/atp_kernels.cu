@@ -154,6 +154,15 @@ __global__ void direct_kernel(DirectParams p, DevStats* st) {
   }
 }
 
+__global__ void vary_kernel(__nv_bfloat16* p, int64_t rows, int64_t cols, uint64_t seed) {
+  const int64_t n = rows * cols;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / cols, cb = (i % cols) / 128;
+    const int e = static_cast<int>(mix64(seed ^ (static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull + cb)) % 9) - 4;
+    p[i] = __float2bfloat16_rn(ldexpf(__bfloat162float(p[i]), e));  // exact: a power of two times a bf16
+  }
+}
+
 DevStats fetch(void* scratch, cudaStream_t s) {
   DevStats h{};
   BENCH_CUDA(cudaMemcpyAsync(&h, scratch, sizeof(DevStats), cudaMemcpyDeviceToHost, s));
@@ -195,6 +204,11 @@ void reduce_ranks(const void* in, DType in_dtype, int world, std::size_t count, 
     reduce_ranks_kernel<<<1024, kThreads, 0, s>>>(static_cast<const float*>(in), world, count, o);
   else
     reduce_ranks_kernel<<<1024, kThreads, 0, s>>>(static_cast<const __nv_bfloat16*>(in), world, count, o);
+  BENCH_CUDA(cudaGetLastError());
+}
+
+void vary_magnitude(void* p, int64_t rows, int64_t cols, uint64_t seed, cudaStream_t s) {
+  vary_kernel<<<1024, kThreads, 0, s>>>(static_cast<__nv_bfloat16*>(p), rows, cols, seed);
   BENCH_CUDA(cudaGetLastError());
 }
 

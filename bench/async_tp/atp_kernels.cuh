@@ -30,6 +30,11 @@ ErrStats compare_bf16(const void* out, const void* ref, int64_t rows, int64_t co
 // documented reduction); `in` is f32 or bf16 (in_dtype).
 void reduce_ranks(const void* in, DType in_dtype, int world, std::size_t count, void* out, cudaStream_t stream);
 
+// Multiplies each element of the bf16 (rows, cols) matrix by 2^e, e in [-4, 4] drawn per (row, 128-column block)
+// from `seed`: rowwise and blockwise scales then differ by up to 2^8 between neighbours, so a scale applied to the
+// wrong row or block moves the result far past the tolerance (uniform data would give nearly equal scales).
+void vary_magnitude(void* bf16, int64_t rows, int64_t cols, uint64_t seed, cudaStream_t stream);
+
 // The GEMM D = A @ B (lt_gemm.h's operand layouts and scale layouts) recomputed on `samples` pseudo-random output
 // elements with a float64 dot product of the dequantized operands, compared with D.
 struct DirectCheck {

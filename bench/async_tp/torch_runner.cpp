@@ -192,8 +192,9 @@ TorchResult run_torch(const TorchRun& r) {
   }
   close(fd);
   const std::string out_path = tmpl;
-  char tol[32];
+  char tol[32], tol_fast[32];
   std::snprintf(tol, sizeof(tol), "%g", r.tol);
+  std::snprintf(tol_fast, sizeof(tol_fast), "%g", r.tol_fast);
   std::ostringstream cmd;
   // NVLink multicast stays off (the project's rule; the anchors were measured the same way).
   cmd << "NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1 "
@@ -201,7 +202,7 @@ TorchResult run_torch(const TorchRun& r) {
       << " -m torch.distributed.run --standalone --nproc-per-node " << r.nproc << " " << shell_quote(script)
       << " --suite " << r.suite << " --shapes " << shell_quote(r.shapes) << " --dtypes " << shell_quote(r.dtypes)
       << " --modes " << shell_quote(r.modes) << " --b-layout " << r.b_layout << " --fast-accum " << (r.fast_accum ? 1 : 0)
-      << " --check " << (r.check ? 1 : 0) << " --tol " << tol << " --iters " << r.iters << " --reps " << r.reps
+      << " --check " << (r.check ? 1 : 0) << " --tol " << tol << " --tol-fast-accum " << tol_fast << " --iters " << r.iters << " --reps " << r.reps
       << " --out " << shell_quote(out_path);
   res.command = cmd.str();
   std::fflush(stdout);

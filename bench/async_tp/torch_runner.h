@@ -30,6 +30,7 @@ struct TorchRun {
   bool fast_accum = true;
   bool check = true;
   double tol = 1e-2;
+  double tol_fast = 3e-2;
   int iters = 0, reps = 10;
   std::string python;         // interpreter
   std::string script;         // path of torch_symm_mem.py ("" = next to this source file, then ./bench/async_tp)
