@@ -9,6 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
+# pytest on a machine without an index: wheels carried in .whl/pytest (pip download -d .whl/pytest pytest).
+if ! python3 -c "import pytest" 2>/dev/null && [ -d .whl/pytest ]; then
+  python3 -m pip install -q --no-index --find-links .whl/pytest pytest
+fi
 python3 -m pip install --no-build-isolation --no-deps -e . ${TPCOMM_PIP_QUIET:--q}
 rc=0
 python3 -m pytest -rs python/tests "$@" || rc=$?
