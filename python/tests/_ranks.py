@@ -26,6 +26,8 @@ def run_ranks(comms, fn, timeout_s: float = 120.0):
         except BaseException as e:  # noqa: BLE001  (reported below)
             errors[r] = e
 
+    # Inputs were made on the caller's stream; the ranks' streams must see them complete.
+    torch.cuda.synchronize()
     threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(len(comms))]
     for t in threads:
         t.start()
