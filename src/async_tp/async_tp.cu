@@ -797,9 +797,21 @@ using detail::AsyncTpState;
 using detail::CommImpl;
 using detail::RsPlan;
 
+namespace detail {
+namespace {
+// The decision for an already validated plan (all_gather_matmul plans once and decides from it).
+AsyncTpDecision decide_all_gather_matmul(const Communicator& comm, const AllGatherMatmulArgs& args, const AgPlan& p);
+}  // namespace
+}  // namespace detail
+
 AsyncTpDecision resolve_all_gather_matmul(const Communicator& comm, const AllGatherMatmulArgs& args) {
   comm.impl().ensure_usable("all_gather_matmul");
-  const AgPlan p = detail::plan_all_gather_matmul(args, comm.world_size());
+  return detail::decide_all_gather_matmul(comm, args, detail::plan_all_gather_matmul(args, comm.world_size()));
+}
+
+namespace detail {
+namespace {
+AsyncTpDecision decide_all_gather_matmul(const Communicator& comm, const AllGatherMatmulArgs& args, const AgPlan& p) {
   detail::EngineQuery q = detail::engine_query(comm);
   // The native kernel's own support check, on a plan with the real shapes (pointers are checked in the call).
   if (p.outer == 1 && p.num_b >= 1) {
@@ -831,6 +843,8 @@ AsyncTpDecision resolve_all_gather_matmul(const Communicator& comm, const AllGat
   }
   return detail::decide_ag(p, args.options, q);
 }
+}  // namespace
+}  // namespace detail
 
 AsyncTpDecision resolve_matmul_reduce_scatter(const Communicator& comm, const MatmulReduceScatterArgs& args) {
   comm.impl().ensure_usable("matmul_reduce_scatter");
@@ -843,7 +857,7 @@ AsyncTpEngine all_gather_matmul(const Communicator& comm, const AllGatherMatmulA
   c.ensure_usable("all_gather_matmul");
   comm.check();
   const AgPlan p = detail::plan_all_gather_matmul(args, c.world);
-  AsyncTpDecision d = resolve_all_gather_matmul(comm, args);
+  AsyncTpDecision d = detail::decide_all_gather_matmul(comm, args, p);
   const AsyncTpEngine requested = args.options.engine;
   if (!d.fused && requested != AsyncTpEngine::kUnfused) {
     if (!args.options.allow_fallback)
